@@ -1,0 +1,36 @@
+# Two entry points (see README): `make reproduce` runs the study, `make test` checks it.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: reproduce test unit nbval bench notebooks clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e '.[test]'
+	touch $(STAMP)
+
+reproduce: $(STAMP)
+	$(PY) scripts/reproduce.py
+
+test: unit nbval
+
+unit: $(STAMP)
+	OMP_NUM_THREADS=2 $(PY) -m pytest tests -q
+
+nbval: $(STAMP)
+	OMP_NUM_THREADS=2 $(PY) -m pytest --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg notebooks -q -p no:randomly
+
+# Re-execute the committed notebooks in place (quick profile) so their stored outputs match the code.
+notebooks: $(STAMP)
+	$(PY) scripts/refresh_notebooks.py
+
+bench: $(STAMP)
+	$(PY) -m pip install -e '.[bench]'
+	$(PY) benchmarks/bench_median.py
+	$(PY) benchmarks/bench_prune.py
+
+clean:
+	rm -rf results .pytest_cache .hypothesis

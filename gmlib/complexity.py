@@ -1,0 +1,30 @@
+"""Parameters and multiply-accumulates of a model, counted by torch.utils.flop_counter (no hand-written formulas)."""
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+__all__ = ["count"]
+
+
+def count(model: nn.Module, input_size) -> tuple[int, int]:
+    """(params, MACs) of one forward pass on a zero input of shape (1, *input_size); MACs = FLOPs / 2.
+
+    Args:
+        input_size: (C, H, W), e.g. (3, 64, 64) for the paper's tables.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    size = tuple(input_size)
+    if len(size) != 3 or not all(isinstance(s, int) and s > 0 for s in size):
+        raise ValueError(f"input_size must be three positive ints (C, H, W), got {input_size!r}")
+    params = sum(p.numel() for p in model.parameters())
+    p = next(model.parameters(), None)
+    x = torch.zeros((1, *size), device=p.device if p is not None else "cpu", dtype=p.dtype if p is not None else None)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x)
+    finally:
+        model.train(was_training)
+    return params, counter.get_total_flops() // 2

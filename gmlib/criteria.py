@@ -1,0 +1,100 @@
+"""Filter scores (lower = pruned first) and the selection of filters to keep.
+
+"fpgm":      ||w_j - GM(w)||, the distance to the layer's exact geometric median (He et al., CVPR 2019): filters near
+             the median are the ones the others can represent, so they go first.
+"fpgm-sum":  sum_i ||w_i - w_j||, the relaxation used by the FPGM paper, NNI and Torch-Pruning.
+"l1", "l2":  the filter's norm (Li et al. 2017);  "random": seeded uniform;  "bn": |gamma| of the following norm layer.
+"""
+import torch
+from torch import nn
+
+from .median import distance_sums, geometric_median
+
+__all__ = ["CRITERIA", "filter_scores", "select_filters"]
+
+CRITERIA = ("fpgm", "fpgm-sum", "l1", "l2", "random", "bn")
+
+
+def _filters(weight, groups):
+    """(C_out, ...) weight -> (groups, C_out // groups, D) float filters."""
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"weight must be a torch.Tensor (a conv or linear weight), got {type(weight).__name__}")
+    if weight.dim() < 2 or weight.numel() == 0:
+        raise ValueError(f"weight must have shape (C_out, C_in, ...) with no empty dimension, got {tuple(weight.shape)}")
+    if not torch.isfinite(weight).all():
+        raise ValueError("weight contains NaN or inf")
+    _check_groups(groups, weight.shape[0], "weight's output channels")
+    w = weight.detach()
+    w = w.float() if w.dtype in (torch.float16, torch.bfloat16) or not w.is_floating_point() else w
+    return w.reshape(groups, weight.shape[0] // groups, -1)
+
+
+def _check_groups(groups, n, what):
+    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    if n % groups:
+        raise ValueError(f"groups={groups} does not divide the {n} {what}")
+
+
+def filter_scores(weight, criterion: str = "fpgm", *, groups: int = 1, bn=None, generator=None):
+    """One score per output filter of a conv/linear weight (C_out, C_in/groups, k, k); lower = pruned first.
+
+    With groups > 1 (a grouped conv: its filter groups see different inputs) the median and the distance sums are
+    taken within each group. "random" uses `generator` (default: seed 0, so it is reproducible); "bn" needs `bn`,
+    the BatchNorm/GroupNorm-like module (or its weight tensor) that follows, one gamma per filter.
+    Returns a float tensor of shape (C_out,) on the weight's device.
+    """
+    if criterion not in CRITERIA:
+        raise ValueError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
+    w = _filters(weight, groups)  # (g, n, D)
+    if criterion == "fpgm":
+        gm = geometric_median(w)  # (g, D)
+        return torch.linalg.vector_norm(w - gm[:, None], dim=-1).flatten()
+    if criterion == "fpgm-sum":
+        return distance_sums(w).flatten()
+    if criterion == "l1":
+        return w.abs().sum(-1).flatten()
+    if criterion == "l2":
+        return torch.linalg.vector_norm(w, dim=-1).flatten()
+    if criterion == "random":
+        if generator is None:
+            generator = torch.Generator().manual_seed(0)
+        return torch.rand(weight.shape[0], generator=generator).to(w.device)
+    # "bn"
+    if bn is None:
+        raise ValueError("criterion 'bn' needs bn=, the BatchNorm that follows this layer")
+    gamma = bn.weight if isinstance(bn, nn.Module) else bn
+    if not isinstance(gamma, torch.Tensor):
+        raise TypeError(f"bn must be a norm module with an affine weight or a tensor, got {type(bn).__name__}")
+    if gamma.dim() != 1 or gamma.shape[0] != weight.shape[0]:
+        raise ValueError(f"bn has {tuple(gamma.shape)} gammas, expected one per filter ({weight.shape[0]})")
+    return gamma.detach().abs().float().to(w.device)
+
+
+def select_filters(scores, rate: float, *, groups: int = 1, round_to: int = 1):
+    """Indices (sorted, int64) of the filters to KEEP: the highest scores, floor(rate * n) pruned as NNI does.
+
+    With groups > 1 every group of n/groups consecutive filters loses the same number, floor(rate * n / groups),
+    chosen by score inside the group, so a grouped conv stays valid; no group is ever emptied. `round_to` rounds the
+    kept count up to a multiple of it where possible (hardware-friendly widths). Ties go to the lower index.
+    """
+    if not isinstance(scores, torch.Tensor) or scores.dim() != 1:
+        raise ValueError(f"scores must be a 1-D tensor, got {getattr(scores, 'shape', type(scores).__name__)}")
+    if scores.numel() == 0:
+        raise ValueError("scores is empty: nothing to select from")
+    if not torch.isfinite(scores).all():
+        raise ValueError("scores contain NaN or inf")
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+        raise ValueError(f"rate must be a number in [0, 1), got {rate!r}")
+    if not isinstance(round_to, int) or isinstance(round_to, bool) or round_to < 1:
+        raise ValueError(f"round_to must be a positive int, got {round_to!r}")
+    n = scores.numel()
+    _check_groups(groups, n, "scores")
+    per_group = n // groups
+    keep = per_group - min(int(rate * per_group + 1e-9), per_group - 1)
+    while (keep * groups) % round_to and keep < per_group:
+        keep += 1
+    s = scores.detach().reshape(groups, per_group)
+    order = torch.sort(-s, dim=1, stable=True).indices[:, :keep]  # (g, keep): best first, ties to lower index
+    offsets = torch.arange(groups, device=s.device)[:, None] * per_group
+    return (order + offsets).flatten().sort().values.to(torch.int64)

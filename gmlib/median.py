@@ -1,0 +1,122 @@
+"""The geometric median (Weiszfeld's iteration with the Vardi-Zhang fix) and the distance-sum relaxation of FPGM.
+
+geometric_median:  argmin_y  sum_i w_i ||x_i - y||      (exact, Weiszfeld 1937; Vardi & Zhang 2000)
+distance_sums:     s_j = sum_i ||x_i - x_j||             (the relaxation used by FPGM [He et al. 2019], NNI, Torch-Pruning)
+"""
+import torch
+
+__all__ = ["geometric_median", "distance_sums", "median_objective"]
+
+
+def _as_points(points, name="points"):
+    if not isinstance(points, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (n, d) or (b, n, d), got {type(points).__name__}")
+    if points.dim() not in (2, 3):
+        raise ValueError(f"{name} must have shape (n, d) or (b, n, d), got {tuple(points.shape)}")
+    if points.shape[-2] == 0 or points.shape[-1] == 0 or points.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(points.shape)}): need at least one point of dimension >= 1")
+    if not points.is_floating_point():
+        points = points.double()
+    if not torch.isfinite(points).all():
+        raise ValueError(f"{name} contains NaN or inf")
+    return points
+
+
+def _as_weights(weights, shape, like):
+    """Weights of shape (n,) or (b, n), non-negative, finite, not all zero; broadcast to `shape` = (b, n)."""
+    if weights is None:
+        return torch.ones(shape, dtype=like.dtype, device=like.device)
+    if not isinstance(weights, torch.Tensor):
+        weights = torch.as_tensor(weights)
+    if tuple(weights.shape) not in (shape[-1:], tuple(shape)):
+        raise ValueError(f"weights must have shape {tuple(shape[-1:])} (one per point), got {tuple(weights.shape)}")
+    weights = weights.to(dtype=like.dtype, device=like.device)
+    if not torch.isfinite(weights).all():
+        raise ValueError("weights contain NaN or inf")
+    if (weights < 0).any():
+        raise ValueError("weights must be non-negative")
+    if (weights.sum(-1) <= 0).any():
+        raise ValueError("weights must not all be zero")
+    return weights.expand(shape)
+
+
+def median_objective(points, y, weights=None):
+    """f(y) = sum_i w_i ||x_i - y||, for points (n, d) and y (d,) (or batched (b, n, d), (b, d))."""
+    d = torch.linalg.vector_norm(points - y.unsqueeze(-2), dim=-1)  # (..., n)
+    return (d if weights is None else d * weights).sum(-1)
+
+
+def _optimal_at(X, w, k, eps):
+    """Is data point k a median? Yes iff ||sum_{i != k} w_i (x_i - x_k)/||x_i - x_k|| || <= weight at x_k."""
+    xk = X.gather(1, k[:, None, None].expand(-1, 1, X.shape[-1]))  # (b, 1, d)
+    dist = torch.linalg.vector_norm(X - xk, dim=-1)  # (b, n)
+    at = dist <= eps[:, None]
+    inv = torch.where(at, torch.zeros_like(dist), w / dist.clamp_min(torch.finfo(dist.dtype).tiny))
+    pull = torch.linalg.vector_norm(torch.einsum("bn,bnd->bd", inv, X) - inv.sum(1, keepdim=True) * xk.squeeze(1), dim=-1)
+    return pull <= (w * at).sum(1), xk.squeeze(1)
+
+
+def geometric_median(points, weights=None, *, tol: float = 1e-7, max_iter: int = 1000):
+    """The point y of R^d minimising sum_i w_i ||x_i - y|| (exact, not the distance-sum relaxation).
+
+    Weiszfeld's fixed point y <- sum_i (w_i/d_i) x_i / sum_i (w_i/d_i), d_i = ||x_i - y||, started at the weighted
+    mean, with Vardi and Zhang's step for an iterate that lands on data points, and a final optimality test at the
+    nearest data point (so medians that *are* data points come out exactly). Stops when a step is below
+    `tol` times the mean distance of the points to the start.
+
+    Args:
+        points: (n, d) tensor, or (b, n, d) for b independent problems solved together (e.g. filter groups).
+        weights: optional (n,) or (b, n) non-negative weights.
+    Returns:
+        (d,) tensor, or (b, d); same dtype as `points` (integer input gives float64).
+    """
+    points = _as_points(points)
+    if not (isinstance(tol, (int, float)) and tol > 0):
+        raise ValueError(f"tol must be a positive number, got {tol!r}")
+    if not (isinstance(max_iter, int) and max_iter >= 1):
+        raise ValueError(f"max_iter must be a positive int, got {max_iter!r}")
+    batched = points.dim() == 3
+    X = points if batched else points.unsqueeze(0)
+    out_dtype = X.dtype
+    X = X.to(torch.float64 if X.dtype == torch.float64 else torch.float32)  # (b, n, d)
+    w = _as_weights(weights, X.shape[:2], X)  # (b, n)
+    wsum = w.sum(1, keepdim=True)
+
+    y = torch.einsum("bn,bnd->bd", w, X) / wsum  # weighted mean, (b, d)
+    scale = (torch.linalg.vector_norm(X - y[:, None], dim=-1) * w).sum(1) / wsum.squeeze(1)  # (b,)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    fin = torch.finfo(X.dtype)
+    eps = scale * fin.eps * 16  # two points closer than this coincide
+    active = torch.ones(X.shape[0], dtype=torch.bool, device=X.device)
+    for _ in range(max_iter):
+        dist = torch.cdist(y[:, None], X, compute_mode="donot_use_mm_for_euclid_dist").squeeze(1)  # (b, n)
+        at = dist <= eps[:, None]
+        inv = torch.where(at, torch.zeros_like(dist), w / dist.clamp_min(fin.tiny))  # (b, n)
+        inv_sum = inv.sum(1, keepdim=True)
+        pulled = torch.einsum("bn,bnd->bd", inv, X)
+        T = pulled / inv_sum.clamp_min(fin.tiny)  # plain Weiszfeld step
+        r = torch.linalg.vector_norm(pulled - inv_sum * y, dim=-1)  # ||R(y)||, the pull of the other points
+        eta = (w * at).sum(1)  # weight sitting exactly at y
+        frac = torch.where(r > 0, (eta / r.clamp_min(fin.tiny)).clamp(max=1.0), torch.ones_like(r))  # Vardi-Zhang
+        y_new = (1 - frac)[:, None] * T + frac[:, None] * y
+        step = torch.linalg.vector_norm(y_new - y, dim=-1)
+        y = torch.where(active[:, None], y_new, y)
+        floor = 4 * fin.eps * (torch.linalg.vector_norm(y, dim=-1) + scale)
+        active = active & (step > torch.maximum(tol * scale, floor))
+        if not active.any():
+            break
+
+    nearest = torch.cdist(y[:, None], X, compute_mode="donot_use_mm_for_euclid_dist").squeeze(1).argmin(1)
+    is_median, xk = _optimal_at(X, w, nearest, eps)
+    y = torch.where(is_median[:, None], xk, y)
+    y = y.to(out_dtype)
+    return y if batched else y.squeeze(0)
+
+
+def distance_sums(points):
+    """s_j = sum_i ||x_i - x_j|| for every point: the FPGM relaxation (lowest sum ~ nearest the median).
+
+    points: (n, d) or (b, n, d); returns (n,) or (b, n). One batched torch.cdist, no Python loop over points.
+    """
+    points = _as_points(points)
+    return torch.cdist(points, points).sum(-1)
