@@ -21,7 +21,7 @@ unit: $(STAMP)
 	OMP_NUM_THREADS=2 $(PY) -m pytest tests -q
 
 nbval: $(STAMP)
-	OMP_NUM_THREADS=2 $(PY) -m pytest --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg notebooks -q -p no:randomly
+	OMP_NUM_THREADS=2 $(PY) -m pytest --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg notebooks -q
 
 # Re-execute the committed notebooks in place (quick profile) so their stored outputs match the code.
 notebooks: $(STAMP)

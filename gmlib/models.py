@@ -93,6 +93,7 @@ class FPN(nn.Module):
     def __init__(self, encoder: str = "resnest50d", num_classes: int = DEFAULT_CLASSES, pyramid_channels: int = 256,
                  segmentation_channels: int = 128, dropout: float = 0.2):
         super().__init__()
+        self.num_classes = num_classes
         self.encoder = timm.create_model(encoder, pretrained=False, features_only=True, out_indices=(1, 2, 3, 4))
         self.decoder = FPNDecoder(self.encoder.feature_info.channels(), pyramid_channels, segmentation_channels,
                                   dropout)
@@ -119,7 +120,7 @@ NAMES = tuple(_BUILDERS)
 
 
 def create(name: str, num_classes: int = DEFAULT_CLASSES, seed: int | None = None) -> nn.Module:
-    """Build one of NAMES with random init (seeded if `seed` is given), in eval mode is left to the caller."""
+    """Build one of NAMES with random init (seeded if `seed` is given); train/eval mode is left to the caller."""
     if name not in _BUILDERS:
         raise ValueError(f"unknown model name {name!r}; choose one of {', '.join(NAMES)}")
     if not isinstance(num_classes, int) or num_classes < 1:
@@ -127,5 +128,8 @@ def create(name: str, num_classes: int = DEFAULT_CLASSES, seed: int | None = Non
     if seed is not None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return _BUILDERS[name](num_classes)
-    return _BUILDERS[name](num_classes)
+            model = _BUILDERS[name](num_classes)
+    else:
+        model = _BUILDERS[name](num_classes)
+    model._gmlib_arch = name  # lets gmlib.save_pruned record the architecture without an arch= argument
+    return model

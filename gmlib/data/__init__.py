@@ -1,0 +1,18 @@
+"""Severstal steel-defect data: RLE masks, the train.csv reader, a torch Dataset, and a synthetic generator.
+
+Real data and synthetic strips share one layout (`root/train_images/*.jpg`, `root/train.csv`) and one loader.
+"""
+from .rle import IMAGE_SHAPE, rle_decode, rle_encode, rle_runs
+from .labels import CLASS_NAMES, read_labels
+from .dataset import MEAN, STD, SeverstalDataset, load_image, train_val_split
+from .synthetic import (REAL_COUNTS, make_synthetic_severstal, ensure_synthetic, ensure_data, is_synthetic,
+                        render_strip)
+from .plot import CLASS_COLORS, show_masks
+
+__all__ = [
+    "IMAGE_SHAPE", "rle_decode", "rle_encode", "rle_runs",
+    "CLASS_NAMES", "read_labels",
+    "MEAN", "STD", "SeverstalDataset", "load_image", "train_val_split",
+    "REAL_COUNTS", "make_synthetic_severstal", "ensure_synthetic", "ensure_data", "is_synthetic", "render_strip",
+    "CLASS_COLORS", "show_masks",
+]

@@ -1,0 +1,191 @@
+"""Training and evaluation of a segmentation network with 4 sigmoid outputs (one per defect class).
+
+loss = BCE(z, y) + mean_c [c in y] (1 - (2 Σ σ(z) y + 1) / (Σ σ(z) + Σ y + 1)), sums per class over batch and
+pixels; [c in y] = class c present in the batch, so absent classes are left to the BCE term.
+`fit` runs AdamW with a per-step cosine schedule and keeps the best weights by validation Dice; it takes any
+nn.Module (a pruned network is just one with smaller layers), so the same call serves fine-tuning after pruning.
+"""
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import metrics
+from .utils import default_device
+
+__all__ = ["bce_dice_loss", "soft_dice", "fit", "evaluate", "predict", "save_checkpoint", "MONITORS"]
+
+# Validation numbers `fit` can select the best epoch by.
+MONITORS = ("dice_kaggle", "dice_positive")
+
+
+def soft_dice(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """Per-class soft Dice (2 Σ p y + s) / (Σ p + Σ y + s), p = sigmoid(logits), sums over batch and pixels.
+
+    Returns a (C,) tensor; a class absent from target and prediction scores 1 (the `smooth` term).
+    """
+    probs = torch.sigmoid(logits).flatten(2).transpose(0, 1).flatten(1)  # (C, N*H*W)
+    target = target.flatten(2).transpose(0, 1).flatten(1).to(probs.dtype)  # (C, N*H*W)
+    intersection = (probs * target).sum(1)
+    return (2 * intersection + smooth) / (probs.sum(1) + target.sum(1) + smooth)
+
+
+def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, bce_weight: float = 1.0,
+                  dice_weight: float = 1.0) -> torch.Tensor:
+    """bce_weight * mean BCE-with-logits + dice_weight * mean over classes of [present] (1 - `soft_dice`); a scalar.
+
+    The Dice term skips (counts as 0) classes absent from the batch's target: their soft Dice 1 / (Σ p + 1) would
+    otherwise pull every probability of a rare class to 0 long before the network has learnt what it looks like.
+    """
+    if logits.shape != target.shape:
+        raise ValueError(f"logits and target must have the same shape, got {tuple(logits.shape)} and "
+                         f"{tuple(target.shape)}")
+    target = target.to(logits.dtype)
+    bce = F.binary_cross_entropy_with_logits(logits, target)
+    present = target.flatten(2).amax(2).amax(0) > 0  # (C,)
+    dice_loss = ((1 - soft_dice(logits, target)) * present).mean()
+    return bce_weight * bce + dice_weight * dice_loss
+
+
+def _check_loader(loader, name):
+    try:
+        n = len(loader)
+    except TypeError:
+        raise ValueError(f"{name} must be a sized iterable of (image, mask) batches such as a DataLoader") from None
+    if n == 0:
+        raise ValueError(f"{name} is empty: it yields no batches")
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader_or_batch, *, device=None) -> torch.Tensor:
+    """Sigmoid probabilities (N, C, H, W) on the CPU for an image batch (N, 3, H, W) or a loader of (image, mask)."""
+    device = torch.device(device) if device is not None else default_device()
+    was_training = model.training
+    model.eval().to(device)
+    batches = [loader_or_batch] if isinstance(loader_or_batch, torch.Tensor) else (b[0] for b in loader_or_batch)
+    probs = [torch.sigmoid(model(images.to(device))).float().cpu() for images in batches]
+    model.train(was_training)
+    if not probs:
+        raise ValueError("loader_or_batch is empty: it yields no batches")
+    return torch.cat(probs)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, *, device=None, threshold: float = 0.5, min_area=None,
+             loss_fn=bce_dice_loss, progress: bool = False) -> dict:
+    """Mean loss and Dice over a loader of (image, mask) batches; masks come from `metrics.postprocess`.
+
+    dice_kaggle averages every (image, class) pair (empty-empty = 1); dice_positive only pairs with a defect.
+    Returns floats: loss, dice_kaggle, dice_positive and per-class lists dice_kaggle_per_class,
+    dice_positive_per_class (NaN for a class with no positive pair in the loader).
+    """
+    _check_loader(loader, "loader")
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold must lie in (0, 1), got {threshold!r}")
+    device = torch.device(device) if device is not None else default_device()
+    was_training = model.training
+    model.eval().to(device)
+    loss_sum, n_images, meter = 0.0, 0, metrics.DiceMeter()
+    for images, masks in tqdm(loader, desc="eval", leave=False, disable=not progress):
+        images, masks = images.to(device), masks.to(device)
+        logits = model(images)
+        loss_sum += loss_fn(logits, masks).item() * len(images)
+        n_images += len(images)
+        meter.update(metrics.postprocess(torch.sigmoid(logits), threshold=threshold, min_area=min_area), masks > 0.5)
+    model.train(was_training)
+    return {"loss": loss_sum / n_images, **meter.compute()}
+
+
+def save_checkpoint(path, model: nn.Module, **metadata) -> Path:
+    """Write {"state_dict": ..., **metadata} atomically: a temp file in the same folder, then os.replace.
+
+    A crash mid-write leaves the previous checkpoint intact; the file loads with torch.load(weights_only=True).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"state_dict": state, **metadata}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def fit(model: nn.Module, train_loader, val_loader, *, epochs: int, lr: float, weight_decay: float = 1e-4,
+        device=None, checkpoint=None, seed: int = 0, arch: str | None = None, monitor: str = "dice_kaggle",
+        threshold: float = 0.5, min_area=None, loss_fn=bce_dice_loss, max_grad_norm: float | None = None,
+        restore_best: bool = True, progress: bool = True) -> pd.DataFrame:
+    """Train `model` in place with AdamW and a per-step cosine schedule lr_t = lr (1 + cos(π t / T)) / 2.
+
+    After every epoch the model is evaluated on `val_loader`; the epoch with the highest val `monitor` is kept:
+    written to `checkpoint` (if given, atomically, with epoch, monitor, val Dice and `arch`) and, with
+    `restore_best`, loaded back into `model` at the end. `seed` seeds torch's global RNG (dropout, and loader
+    shuffling unless the loader has its own generator). The model is moved to `device` (default: CUDA if present).
+
+    Returns one row per epoch: epoch, lr, train_loss, val_loss, val_dice_kaggle, val_dice_positive, best.
+    """
+    _check_loader(train_loader, "train_loader")
+    _check_loader(val_loader, "val_loader")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
+    if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+    if not (isinstance(weight_decay, (int, float)) and weight_decay >= 0):
+        raise ValueError(f"weight_decay must be a non-negative number, got {weight_decay!r}")
+    if monitor not in MONITORS:
+        raise ValueError(f"monitor must be one of {MONITORS}, got {monitor!r}")
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold must lie in (0, 1), got {threshold!r}")
+    torch.manual_seed(seed)
+    device = torch.device(device) if device is not None else default_device()
+    model.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * len(train_loader))
+    arch = arch or type(model).__name__
+    history, best_score, best_state = [], -math.inf, None
+    epoch_bar = tqdm(range(1, epochs + 1), desc="epochs", leave=False, disable=not progress)
+    for epoch in epoch_bar:
+        model.train()
+        loss_sum, n_images = 0.0, 0
+        lr_now = optimizer.param_groups[0]["lr"]
+        for images, masks in tqdm(train_loader, desc=f"epoch {epoch}", leave=False, disable=not progress):
+            images, masks = images.to(device), masks.to(device)
+            loss = loss_fn(model(images), masks)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch}; lower lr={lr}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if max_grad_norm is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.item() * len(images)
+            n_images += len(images)
+        val = evaluate(model, val_loader, device=device, threshold=threshold, min_area=min_area, loss_fn=loss_fn)
+        score = -math.inf if math.isnan(val[monitor]) else val[monitor]
+        is_best = best_state is None or score > best_score  # ties keep the earlier epoch
+        if is_best:
+            best_score = score
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            if checkpoint is not None:
+                save_checkpoint(checkpoint, model, epoch=epoch, arch=arch, monitor=monitor,
+                                val_dice_kaggle=val["dice_kaggle"], val_dice_positive=val["dice_positive"])
+        history.append({"epoch": epoch, "lr": lr_now, "train_loss": loss_sum / n_images, "val_loss": val["loss"],
+                        "val_dice_kaggle": val["dice_kaggle"], "val_dice_positive": val["dice_positive"],
+                        "best": is_best})
+        epoch_bar.set_postfix(loss=f"{loss_sum / n_images:.3f}", dice=f"{val['dice_kaggle']:.3f}")
+    if restore_best:
+        model.load_state_dict(best_state)
+    return pd.DataFrame(history)

@@ -1,0 +1,238 @@
+"""gmlib.train: the loss against a hand computation, training lowers the loss, best-by-validation selection,
+atomic loadable checkpoints, evaluate against the metrics on the whole set, and the error paths."""
+import math
+import os
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import gmlib
+from gmlib import metrics, train
+
+
+def tiny_net(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1))
+
+
+def tiny_set(n=8, size=32, seed=0):
+    """Images whose grey level inside a rectangle says the class: learnable by a 2-layer conv net."""
+    g = torch.Generator().manual_seed(seed)
+    masks = torch.zeros(n, 4, size, size)
+    images = 0.1 * torch.randn(n, 3, size, size, generator=g)
+    for i in range(n):
+        c = i % 4
+        y, x = torch.randint(0, size // 2, (2,), generator=g).tolist()
+        masks[i, c, y:y + size // 3, x:x + size // 3] = 1.0
+        images[i] += (c + 1) / 4 * masks[i, c]
+    return TensorDataset(images, masks)
+
+
+def loaders(n=8, batch_size=4, seed=0):
+    data = tiny_set(n, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    return (DataLoader(data, batch_size=batch_size, shuffle=True, generator=g),
+            DataLoader(tiny_set(4, seed=seed + 1), batch_size=batch_size))
+
+
+def test_loss_matches_hand_computation():
+    logits = torch.tensor([[[[0.0, 2.0]], [[-1.0, 1.0]]]])  # (1, 2, 1, 2)
+    target = torch.tensor([[[[1.0, 0.0]], [[0.0, 0.0]]]])
+    sig = lambda z: 1 / (1 + math.exp(-z))
+    p = [[sig(0.0), sig(2.0)], [sig(-1.0), sig(1.0)]]
+    y = [[1, 0], [0, 0]]
+    bce = -sum(yi * math.log(pi) + (1 - yi) * math.log(1 - pi)
+               for pc, yc in zip(p, y) for pi, yi in zip(pc, yc)) / 4
+    dice = [(2 * sum(a * b for a, b in zip(pc, yc)) + 1) / (sum(pc) + sum(yc) + 1) for pc, yc in zip(p, y)]
+    dice_term = ((1 - dice[0]) + 0.0) / 2  # class 2 is absent from the target: no Dice term, only BCE
+    assert train.soft_dice(logits, target).tolist() == pytest.approx(dice, rel=1e-6)
+    assert train.bce_dice_loss(logits, target).item() == pytest.approx(bce + dice_term, rel=1e-6)
+    assert train.bce_dice_loss(logits, target, bce_weight=0.0).item() == pytest.approx(dice_term, rel=1e-6)
+    assert train.bce_dice_loss(logits, target, dice_weight=0.5).item() == pytest.approx(bce + dice_term / 2, rel=1e-6)
+    target[0, 1, 0, 1] = 1.0  # now both classes are present
+    dice[1] = (2 * p[1][1] + 1) / (sum(p[1]) + 1 + 1)
+    bce += (math.log(1 - p[1][1]) - math.log(p[1][1])) / 4  # that pixel now pays -log p instead of -log(1 - p)
+    assert train.bce_dice_loss(logits, target).item() == pytest.approx(bce + 1 - sum(dice) / 2, rel=1e-6)
+
+
+def test_soft_dice_empty_class_is_one_and_perfect_mask_is_near_one():
+    target = torch.zeros(2, 4, 8, 8)
+    target[:, 0, :4] = 1
+    logits = torch.where(target > 0, 20.0, -20.0)
+    assert train.soft_dice(logits, target).tolist() == pytest.approx([1.0] * 4, abs=1e-6)
+    assert train.bce_dice_loss(logits, target).item() < 1e-6
+    assert train.bce_dice_loss(-logits, target).item() > 5
+
+
+def test_loss_rejects_shape_mismatch():
+    with pytest.raises(ValueError, match="same shape"):
+        train.bce_dice_loss(torch.zeros(1, 4, 8, 8), torch.zeros(1, 3, 8, 8))
+
+
+def test_training_lowers_the_loss(tmp_path):
+    train_loader, val_loader = loaders(batch_size=2)
+    model = tiny_net()
+    before = train.evaluate(model, train_loader, device="cpu")["loss"]
+    history = train.fit(model, train_loader, val_loader, epochs=10, lr=5e-2, device="cpu", progress=False,
+                        restore_best=False)
+    after = train.evaluate(model, train_loader, device="cpu")["loss"]
+    assert after < 0.75 * before
+    assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
+    assert list(history.columns) == ["epoch", "lr", "train_loss", "val_loss", "val_dice_kaggle",
+                                     "val_dice_positive", "best"]
+    assert history["epoch"].tolist() == list(range(1, 11))
+    # per-step cosine: the lr at the start of each epoch falls from lr towards 0
+    lrs = history["lr"].tolist()
+    assert lrs[0] == pytest.approx(5e-2) and all(a > b for a, b in zip(lrs, lrs[1:]))
+    assert lrs[-1] == pytest.approx(5e-2 * (1 + math.cos(math.pi * 9 / 10)) / 2)
+
+
+def test_fit_is_seeded():
+    runs = []
+    for _ in range(2):
+        train_loader, val_loader = loaders()
+        model = tiny_net()
+        runs.append(train.fit(model, train_loader, val_loader, epochs=2, lr=1e-2, device="cpu", progress=False))
+    assert runs[0].equals(runs[1])
+
+
+def test_best_epoch_is_checkpointed_and_restored(tmp_path, monkeypatch):
+    """Scripted validation scores 0.2, 0.5, 0.3: epoch 2 must be written and restored, not the last one."""
+    scores, states = iter([0.2, 0.5, 0.3]), []
+
+    def scripted_evaluate(model, loader, **kwargs):
+        states.append({k: v.clone() for k, v in model.state_dict().items()})
+        s = next(scores)
+        return {"loss": 1 - s, "dice_kaggle": s, "dice_positive": s / 2}
+
+    monkeypatch.setattr(train, "evaluate", scripted_evaluate)
+    train_loader, val_loader = loaders()
+    model = tiny_net()
+    ckpt = tmp_path / "nested" / "best.pt"
+    history = train.fit(model, train_loader, val_loader, epochs=3, lr=1e-2, device="cpu", progress=False,
+                        checkpoint=ckpt, arch="tiny")
+    assert history["best"].tolist() == [True, True, False]
+    saved = torch.load(ckpt, weights_only=True)
+    assert (saved["epoch"], saved["arch"], saved["monitor"]) == (2, "tiny", "dice_kaggle")
+    assert saved["val_dice_kaggle"] == 0.5 and saved["val_dice_positive"] == 0.25
+    for k, v in states[1].items():
+        assert torch.equal(saved["state_dict"][k], v)
+        assert torch.equal(model.state_dict()[k], v)  # restore_best
+    assert not torch.equal(states[1]["0.weight"], states[2]["0.weight"])  # epoch 3 did move the weights
+    assert os.listdir(ckpt.parent) == ["best.pt"]  # no temp file left behind
+
+
+def test_checkpoint_loads_into_a_fresh_model(tmp_path):
+    train_loader, val_loader = loaders()
+    model = tiny_net()
+    ckpt = tmp_path / "ckpt.pt"
+    history = train.fit(model, train_loader, val_loader, epochs=2, lr=1e-2, device="cpu", progress=False,
+                        checkpoint=ckpt)
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["arch"] == "Sequential"
+    fresh = tiny_net(seed=1)
+    fresh.load_state_dict(saved["state_dict"])
+    best = history.loc[history["val_dice_kaggle"].idxmax()]
+    assert saved["epoch"] == best["epoch"]
+    assert train.evaluate(fresh, val_loader, device="cpu")["dice_kaggle"] == pytest.approx(best["val_dice_kaggle"])
+
+
+def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    ckpt = tmp_path / "ckpt.pt"
+    train.save_checkpoint(ckpt, tiny_net(), epoch=1)
+
+    def broken_save(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        train.save_checkpoint(ckpt, tiny_net(seed=1), epoch=2)
+    monkeypatch.undo()
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 1
+    assert os.listdir(tmp_path) == ["ckpt.pt"]
+
+
+class FixedLogits(nn.Module):
+    """Returns stored logits for the images it is given (the image's first pixel holds its index)."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.register_buffer("logits", logits)
+
+    def forward(self, x):
+        return self.logits[x[:, 0, 0, 0].long()]
+
+
+def test_evaluate_matches_metrics_over_the_whole_set():
+    """Batches of 3 over 7 images: batch-wise sums must give the same Dice as one call on all images."""
+    g = torch.Generator().manual_seed(0)
+    target = (torch.rand(7, 4, 16, 16, generator=g) > 0.8).float()
+    target[:, 3] = 0  # a class with no positive pair at all
+    target[2] = 0
+    logits = torch.randn(7, 4, 16, 16, generator=g) + 3 * (2 * target - 1)
+    images = torch.arange(7.0).view(7, 1, 1, 1).expand(7, 3, 16, 16).contiguous()
+    loader = DataLoader(TensorDataset(images, target), batch_size=3)
+    result = train.evaluate(FixedLogits(logits), loader, device="cpu")
+    pred = metrics.postprocess(torch.sigmoid(logits), threshold=0.5)
+    pred = pred.to(target.dtype)
+    assert result["dice_kaggle"] == pytest.approx(float(metrics.dice_kaggle(pred, target)))
+    assert result["dice_positive"] == pytest.approx(float(metrics.dice_positive(pred, target)))
+    kaggle_c = torch.as_tensor(metrics.dice_kaggle(pred, target, per_class=True)).tolist()
+    assert result["dice_kaggle_per_class"] == pytest.approx(kaggle_c)
+    positive_c = result["dice_positive_per_class"]
+    expected_c = torch.as_tensor(metrics.dice_positive(pred, target, per_class=True)).tolist()
+    assert positive_c[:3] == pytest.approx(expected_c[:3]) and math.isnan(positive_c[3])
+    assert 0 < result["dice_positive"] < 1 and 0 < result["dice_kaggle"] < 1
+    assert result["loss"] == pytest.approx(sum(
+        train.bce_dice_loss(logits[i:i + 3], target[i:i + 3]).item() * len(target[i:i + 3]) for i in (0, 3, 6)) / 7)
+
+
+def test_predict_returns_probabilities_for_a_batch_or_a_loader():
+    train_loader, val_loader = loaders()
+    model = tiny_net().train()
+    images = next(iter(val_loader))[0]
+    probs = train.predict(model, images, device="cpu")
+    assert probs.shape == (4, 4, 32, 32) and 0 <= probs.min() and probs.max() <= 1
+    assert torch.allclose(train.predict(model, val_loader, device="cpu"), probs)
+    assert model.training  # the caller's mode is restored
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    ({"epochs": 0}, "epochs"), ({"epochs": 1.5}, "epochs"), ({"lr": 0.0}, "lr"), ({"lr": -1e-3}, "lr"),
+    ({"weight_decay": -1.0}, "weight_decay"), ({"monitor": "iou"}, "monitor"), ({"threshold": 1.0}, "threshold"),
+])
+def test_fit_rejects_bad_arguments(kwargs, name):
+    train_loader, val_loader = loaders()
+    args = {"epochs": 1, "lr": 1e-3, **kwargs}
+    with pytest.raises(ValueError, match=name):
+        train.fit(tiny_net(), train_loader, val_loader, device="cpu", progress=False, **args)
+
+
+def test_empty_loaders_are_rejected_by_name(tmp_path):
+    train_loader, val_loader = loaders()
+    empty = DataLoader(TensorDataset(torch.zeros(0, 3, 8, 8), torch.zeros(0, 4, 8, 8)), batch_size=2)
+    with pytest.raises(ValueError, match="train_loader is empty"):
+        train.fit(tiny_net(), empty, val_loader, epochs=1, lr=1e-3, checkpoint=tmp_path / "c.pt")
+    with pytest.raises(ValueError, match="val_loader is empty"):
+        train.fit(tiny_net(), train_loader, empty, epochs=1, lr=1e-3, checkpoint=tmp_path / "c.pt")
+    with pytest.raises(ValueError, match="loader is empty"):
+        train.evaluate(tiny_net(), empty)
+    with pytest.raises(ValueError, match="loader_or_batch is empty"):
+        train.predict(tiny_net(), empty)
+    assert not (tmp_path / "c.pt").exists()
+
+
+def test_fit_runs_on_fpn_resnest50_at_a_tiny_input(tmp_path):
+    torch.manual_seed(0)
+    data = TensorDataset(torch.rand(2, 3, 64, 64), (torch.rand(2, 4, 64, 64) > 0.9).float())
+    loader = DataLoader(data, batch_size=2)
+    model = gmlib.models.create("fpn_resnest50", seed=0)
+    history = train.fit(model, loader, loader, epochs=1, lr=1e-3, device="cpu", progress=False,
+                        checkpoint=tmp_path / "fpn.pt", arch="fpn_resnest50")
+    assert len(history) == 1 and math.isfinite(history["train_loss"].iloc[0])
+    saved = torch.load(tmp_path / "fpn.pt", weights_only=True)
+    assert saved["arch"] == "fpn_resnest50"
+    gmlib.models.create("fpn_resnest50").load_state_dict(saved["state_dict"])
