@@ -185,3 +185,10 @@ def test_bad_solver_settings():
         geometric_median(torch.randn(3, 2), tol=0)
     with pytest.raises(ValueError, match="max_iter"):
         geometric_median(torch.randn(3, 2), max_iter=0)
+
+
+def test_median_at_a_data_point_next_to_a_closer_decoy():
+    # found by hypothesis: the iterate stops a hair from the true median (0, weight 3) and a decoy data point lies
+    # even closer; the final optimality test must look past the nearest point
+    X = torch.tensor([[-1.0], [-5.96046448e-08], [0.0], [0.0], [0.0]], dtype=torch.float64)
+    assert torch.equal(geometric_median(X), X[2])
