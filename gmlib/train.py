@@ -37,8 +37,11 @@ def soft_dice(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -
 
 
 def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, bce_weight: float = 1.0,
-                  dice_weight: float = 1.0) -> torch.Tensor:
+                  dice_weight: float = 1.0, pos_weight=None) -> torch.Tensor:
     """bce_weight * mean BCE-with-logits + dice_weight * mean over classes of [present] (1 - `soft_dice`); a scalar.
+
+    `pos_weight` (a number or one per class) multiplies the BCE of defect pixels: defects cover ~1-8 % of a strip,
+    and without it a network from random init first learns to predict no defect anywhere.
 
     The Dice term skips (counts as 0) classes absent from the batch's target: their soft Dice 1 / (Σ p + 1) would
     otherwise pull every probability of a rare class to 0 long before the network has learnt what it looks like.
@@ -47,7 +50,11 @@ def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, bce_weight: float 
         raise ValueError(f"logits and target must have the same shape, got {tuple(logits.shape)} and "
                          f"{tuple(target.shape)}")
     target = target.to(logits.dtype)
-    bce = F.binary_cross_entropy_with_logits(logits, target)
+    if pos_weight is not None:
+        pos_weight = torch.as_tensor(pos_weight, dtype=logits.dtype, device=logits.device)
+        if pos_weight.dim() == 1:  # one per class: broadcast over (N, C, H, W)
+            pos_weight = pos_weight.view(-1, *([1] * (logits.dim() - 2)))
+    bce = F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight)
     present = target.flatten(2).amax(2).amax(0) > 0  # (C,)
     dice_loss = ((1 - soft_dice(logits, target)) * present).mean()
     return bce_weight * bce + dice_weight * dice_loss

@@ -236,3 +236,15 @@ def test_fit_runs_on_fpn_resnest50_at_a_tiny_input(tmp_path):
     saved = torch.load(tmp_path / "fpn.pt", weights_only=True)
     assert saved["arch"] == "fpn_resnest50"
     gmlib.models.create("fpn_resnest50").load_state_dict(saved["state_dict"])
+
+
+def test_pos_weight_scales_the_bce_of_defect_pixels():
+    logits = torch.zeros(1, 4, 2, 2)
+    target = torch.ones(1, 4, 2, 2)
+    plain = train.bce_dice_loss(logits, target, dice_weight=0.0)
+    assert torch.isclose(plain, torch.log(torch.tensor(2.0)))
+    assert torch.isclose(train.bce_dice_loss(logits, target, dice_weight=0.0, pos_weight=10.0), 10 * plain)
+    per_class = train.bce_dice_loss(logits, target, dice_weight=0.0, pos_weight=[1.0, 2.0, 3.0, 4.0])
+    assert torch.isclose(per_class, 2.5 * plain)
+    # background pixels are not reweighted
+    assert torch.isclose(train.bce_dice_loss(logits, torch.zeros_like(target), dice_weight=0.0, pos_weight=10.0), plain)
