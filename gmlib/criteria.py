@@ -8,7 +8,7 @@
 import torch
 from torch import nn
 
-from .median import distance_sums, geometric_median
+from .median import all_finite, distance_sums, geometric_median
 
 __all__ = ["CRITERIA", "filter_scores", "select_filters"]
 
@@ -21,7 +21,7 @@ def _filters(weight, groups):
         raise TypeError(f"weight must be a torch.Tensor (a conv or linear weight), got {type(weight).__name__}")
     if weight.dim() < 2 or weight.numel() == 0:
         raise ValueError(f"weight must have shape (C_out, C_in, ...) with no empty dimension, got {tuple(weight.shape)}")
-    if not torch.isfinite(weight).all():
+    if not all_finite(weight):
         raise ValueError("weight contains NaN or inf")
     _check_groups(groups, weight.shape[0], "weight's output channels")
     w = weight.detach()
@@ -49,7 +49,7 @@ def filter_scores(weight, criterion: str = "fpgm", *, groups: int = 1, bn=None, 
     w = _filters(weight, groups)  # (g, n, D)
     if criterion == "fpgm":
         gm = geometric_median(w)  # (g, D)
-        return torch.linalg.vector_norm(w - gm[:, None], dim=-1).flatten()
+        return torch.cdist(gm[:, None], w, compute_mode="donot_use_mm_for_euclid_dist").flatten()
     if criterion == "fpgm-sum":
         return distance_sums(w).flatten()
     if criterion == "l1":
@@ -82,7 +82,7 @@ def select_filters(scores, rate: float, *, groups: int = 1, round_to: int = 1):
         raise ValueError(f"scores must be a 1-D tensor, got {getattr(scores, 'shape', type(scores).__name__)}")
     if scores.numel() == 0:
         raise ValueError("scores is empty: nothing to select from")
-    if not torch.isfinite(scores).all():
+    if not all_finite(scores):
         raise ValueError("scores contain NaN or inf")
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
         raise ValueError(f"rate must be a number in [0, 1), got {rate!r}")

@@ -9,6 +9,15 @@ __all__ = ["geometric_median", "distance_sums", "median_objective"]
 
 _CANDIDATES = 8  # data points tested for optimality at the end
 _MEDOID_CHECK = 2 ** 22  # n^2 d up to which the best data point is also compared
+_FAST = 2 ** 15  # n d from which distances to the iterate go through a matrix-vector product (see _dist)
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """No NaN or inf in `t`. One min/max pass: ~40x faster than isfinite(t).all() on a large CPU tensor."""
+    if not t.is_floating_point() or t.numel() == 0:
+        return True
+    lo, hi = torch.aminmax(t.detach())  # NaN propagates to both, -inf/+inf show up in lo/hi
+    return bool(torch.isfinite(lo) & torch.isfinite(hi))
 
 
 def _as_points(points, name="points"):
@@ -20,7 +29,7 @@ def _as_points(points, name="points"):
         raise ValueError(f"{name} is empty (shape {tuple(points.shape)}): need at least one point of dimension >= 1")
     if not points.is_floating_point():
         points = points.double()
-    if not torch.isfinite(points).all():
+    if not all_finite(points):
         raise ValueError(f"{name} contains NaN or inf")
     return points
 
@@ -34,7 +43,7 @@ def _as_weights(weights, shape, like):
     if tuple(weights.shape) not in (shape[-1:], tuple(shape)):
         raise ValueError(f"weights must have shape {tuple(shape[-1:])} (one per point), got {tuple(weights.shape)}")
     weights = weights.to(dtype=like.dtype, device=like.device)
-    if not torch.isfinite(weights).all():
+    if not all_finite(weights):
         raise ValueError("weights contain NaN or inf")
     if (weights < 0).any():
         raise ValueError("weights must be non-negative")
@@ -49,24 +58,40 @@ def median_objective(points, y, weights=None):
     return (d if weights is None else d * weights).sum(-1)
 
 
+def _dist(y, X, sq=None):
+    """||x_i - y|| for y (b, d) and X (b, n, d) -> (b, n), with no (b, n, d) temporary.
+
+    Given sq = ||x_i||^2, by ||x||^2 - 2 x.y + ||y||^2: one matrix-vector product, ~6x faster than the direct sum,
+    used only where it cannot cancel (every d^2 >= (||x||^2 + ||y||^2) / 4, so rounding stays ~eps relative);
+    otherwise directly.
+    """
+    if sq is not None:
+        yy = y.square().sum(-1, keepdim=True)
+        d2 = sq - 2 * torch.einsum("bnd,bd->bn", X, y) + yy
+        if bool((4 * d2 >= sq + yy).all()):
+            return d2.sqrt()
+    return torch.cdist(y[:, None], X, compute_mode="donot_use_mm_for_euclid_dist").squeeze(1)
+
+
 def _optimal_at(X, w, k, eps):
     """Is data point k a median? Yes iff ||sum_{i != k} w_i (x_i - x_k)/||x_i - x_k|| || <= weight at x_k."""
     xk = X.gather(1, k[:, None, None].expand(-1, 1, X.shape[-1]))  # (b, 1, d)
-    dist = torch.linalg.vector_norm(X - xk, dim=-1)  # (b, n)
+    dist = _dist(xk.squeeze(1), X)  # (b, n)
     at = dist <= eps[:, None]
     inv = torch.where(at, torch.zeros_like(dist), w / dist.clamp_min(torch.finfo(dist.dtype).tiny))
     pull = torch.linalg.vector_norm(torch.einsum("bn,bnd->bd", inv, X) - inv.sum(1, keepdim=True) * xk.squeeze(1), dim=-1)
     return pull <= (w * at).sum(1), xk.squeeze(1)
 
 
-def _polish(X, w, y, scale, eps):
-    """Snap the last iterate y (b, d) to a data point that is a median, or that beats it, where one is found."""
-    # A median that is a data point is approached slowly; test the data points nearest the last iterate (not only
-    # the nearest one: a point a hair away from the true one can be closer) and snap to the one that is optimal.
-    dist = torch.cdist(y[:, None], X, compute_mode="donot_use_mm_for_euclid_dist").squeeze(1)  # (b, n)
+def _polish(X, w, y, dist, scale, eps):
+    """Snap the last iterate y (b, d) to a data point that is a median, or that beats it, where one is found.
+
+    `dist` (b, n): distances of the points to the last iterate or the one before (only used to pick candidates).
+    """
+    # A median that is a data point is approached slowly; test the data points near the last iterate, nearest first
+    # (not only the nearest one: a point a hair away from the true one can be closer), and snap to an optimal one.
     near, order = dist.topk(min(_CANDIDATES, X.shape[1]), dim=1, largest=False)
-    near = near <= 0.1 * scale[:, None]  # besides the nearest, only points close to where the iteration stopped
-    near[:, 0] = True
+    near = near <= 0.1 * scale[:, None]  # only points close to where the iteration stopped
     found = torch.zeros(X.shape[0], dtype=torch.bool, device=X.device)
     for j in range(order.shape[1]):
         if not (near[:, j] & ~found).any():
@@ -118,13 +143,15 @@ def geometric_median(points, weights=None, *, tol: float = 1e-7, max_iter: int =
     wsum = w.sum(1, keepdim=True)
 
     y = torch.einsum("bn,bnd->bd", w, X) / wsum  # weighted mean, (b, d)
-    scale = (torch.linalg.vector_norm(X - y[:, None], dim=-1) * w).sum(1) / wsum.squeeze(1)  # (b,)
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     fin = torch.finfo(X.dtype)
-    eps = scale * fin.eps * 16  # two points closer than this coincide
     active = torch.ones(X.shape[0], dtype=torch.bool, device=X.device)
-    for _ in range(max_iter):
-        dist = torch.cdist(y[:, None], X, compute_mode="donot_use_mm_for_euclid_dist").squeeze(1)  # (b, n)
+    sq = torch.linalg.vector_norm(X, dim=-1).square() if X.shape[1] * X.shape[2] >= _FAST else None
+    for it in range(max_iter):
+        dist = _dist(y, X, sq)  # (b, n)
+        if it == 0:  # mean distance to the mean: the problem's length scale
+            scale = (dist * w).sum(1) / wsum.squeeze(1)
+            scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+            eps = scale * fin.eps * 16  # two points closer than this coincide
         at = dist <= eps[:, None]
         inv = torch.where(at, torch.zeros_like(dist), w / dist.clamp_min(fin.tiny))  # (b, n)
         inv_sum = inv.sum(1, keepdim=True)
@@ -142,7 +169,7 @@ def geometric_median(points, weights=None, *, tol: float = 1e-7, max_iter: int =
             break
 
     if polish:
-        y = _polish(X, w, y, scale, eps)
+        y = _polish(X, w, y, dist, scale, eps)
     y = y.to(out_dtype)
     return y if batched else y.squeeze(0)
 

@@ -77,9 +77,9 @@ class PruneReport:
 
     def summary(self) -> str:
         s = f"prune(rate={self.rate}, criterion={self.criterion!r}, policy={self.policy!r})"
+        s += f": params {self.params_before:,} -> {self.params_after:,} ({-self.params_reduction:+.2f}%)"
         if self.macs_before is not None:
-            s += (f": params {self.params_before:,} -> {self.params_after:,} ({-self.params_reduction:+.2f}%), "
-                  f"MACs@{self.input_size} {self.macs_before:,} -> {self.macs_after:,} ({-self.macs_reduction:+.2f}%)")
+            s += f", MACs@{self.input_size} {self.macs_before:,} -> {self.macs_after:,} ({-self.macs_reduction:+.2f}%)"
         return s
 
     def __str__(self):
@@ -117,16 +117,18 @@ def shrink_module(m: nn.Module, out=None, in_=None) -> None:
                 m.bias = _param(m.bias[idx], m.bias)
             m.in_channels = m.out_channels = m.groups = len(idx)
             return
-        rows = out if out is not None else torch.arange(m.out_channels, device=w.device)
-        if in_ is not None:
-            if len(in_) % g or (g > 1 and (torch.bincount(in_ // (m.in_channels // g), minlength=g)
-                                           != len(in_) // g).any()):
+        if in_ is not None and g == 1:
+            w = (w if out is None else w.index_select(0, out)).index_select(1, in_)
+            m.in_channels = len(in_)
+        elif in_ is not None:  # grouped: row r reads the kept columns of its own group
+            if len(in_) % g or (torch.bincount(in_ // (m.in_channels // g), minlength=g) != len(in_) // g).any():
                 raise RuntimeError(f"input channels of grouped conv are not balanced over its {g} groups")
+            rows = out if out is not None else torch.arange(m.out_channels, device=w.device)
             cols = in_.view(g, -1) - torch.arange(g, device=w.device)[:, None] * (m.in_channels // g)
             w = w[rows[:, None], cols[rows // (m.out_channels // g)]]
             m.in_channels = len(in_)
-        else:
-            w = w[rows]
+        elif out is not None:
+            w = w.index_select(0, out)
         if out is not None and g > 1 and (torch.bincount(out // (m.out_channels // g), minlength=g)
                                           != len(out) // g).any():
             raise RuntimeError(f"output channels of grouped conv are not balanced over its {g} groups")
@@ -264,12 +266,13 @@ def _input_size(example_inputs):
 # ----------------------------------------------------------------------------------------------------- prune
 
 def prune(model: nn.Module, example_inputs, rate: float, *, criterion: str = "fpgm", policy: str = "or-merge",
-          ignored_layers=(), round_to: int = 1) -> PruneReport:
+          ignored_layers=(), round_to: int = 1, count_macs: bool = True) -> PruneReport:
     """Physically remove `rate` of every Conv2d's output filters, in place, and propagate to all consumers.
 
     Convs whose outputs reach the model output and `ignored_layers` (names or modules; their output channels are
-    kept, their inputs still follow upstream pruning) are left. Returns a PruneReport (params/MACs counted with
-    gmlib.count at the example input's (C, H, W)). Channels an unsupported op touches are kept (see warnings).
+    kept, their inputs still follow upstream pruning) are left. Returns a PruneReport: params always, MACs counted
+    with gmlib.count at the example input's (C, H, W) unless `count_macs=False` (skips its two forward passes).
+    Channels an unsupported op touches are kept (see warnings).
     """
     if isinstance(rate, bool) or not isinstance(rate, (int, float)):
         raise TypeError(f"rate must be a number in [0, 1), got {type(rate).__name__} {rate!r}")
@@ -283,11 +286,19 @@ def prune(model: nn.Module, example_inputs, rate: float, *, criterion: str = "fp
         raise ValueError(f"round_to must be a positive int, got {round_to!r}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(count_macs, bool):
+        raise TypeError(f"count_macs must be True or False, got {count_macs!r}")
     ignored = _resolve_ignored(model, ignored_layers)
     graph = analyse(model, example_inputs)
     sp, modules = graph.spaces, graph.modules
     size = _input_size(example_inputs)
-    before = count(model, size) if size else (sum(p.numel() for p in model.parameters()), None)
+
+    def tally():  # (params, MACs or None)
+        if size and count_macs:
+            return count(model, size)
+        return sum(p.numel() for p in model.parameters()), None
+
+    before = tally()
 
     for u in graph.uses:  # an ignored norm/Linear/depthwise conv keeps every channel it reads
         if u.role != "conv_in" and _under(u.module, ignored):
@@ -321,7 +332,7 @@ def prune(model: nn.Module, example_inputs, rate: float, *, criterion: str = "fp
     rows = _layer_rows(model, graph, kept, set_of, notes, rate)
     for name, k in kept.items():
         shrink_module(modules[name], k.get("out"), k.get("in"))
-    after = count(model, size) if size else (sum(p.numel() for p in model.parameters()), None)
+    after = tally()
     kept = {n: {d: v.tolist() for d, v in k.items()} for n, k in kept.items()}
     previous = getattr(model, "_gmlib_kept", None) or {}
     model._gmlib_kept = _compose(previous, kept)

@@ -9,6 +9,7 @@ from hypothesis.extra.numpy import arrays
 from scipy.optimize import minimize
 from scipy.spatial import Delaunay
 
+import gmlib.median
 from gmlib import distance_sums, geometric_median
 from gmlib.median import median_objective
 
@@ -192,3 +193,29 @@ def test_median_at_a_data_point_next_to_a_closer_decoy():
     # even closer; the final optimality test must look past the nearest point
     X = torch.tensor([[-1.0], [-5.96046448e-08], [0.0], [0.0], [0.0]], dtype=torch.float64)
     assert torch.equal(geometric_median(X), X[2])
+
+
+def _gm_direct(X, monkeypatch):
+    """The median with every distance summed directly (the matrix-vector shortcut of large sets turned off)."""
+    with monkeypatch.context() as m:
+        m.setattr(gmlib.median, "_FAST", 2 ** 62)
+        return geometric_median(X)
+
+
+@pytest.mark.parametrize("shift", [0.5, 1e3])
+def test_large_sets_take_the_fast_path_without_losing_accuracy(shift, monkeypatch):
+    # n d >= 2^15: distances come from ||x||^2 - 2 x.y + ||y||^2 unless that could cancel (shift: all points far
+    # from the origin compared with their spread, so the shortcut must step aside)
+    torch.manual_seed(0)
+    X = torch.randn(128, 288) * (0.5 + torch.rand(128, 1)) + shift  # conv-like: 128 filters of 32x3x3
+    assert X.numel() >= gmlib.median._FAST and X.shape[0] * X.numel() > gmlib.median._MEDOID_CHECK
+    calls = []
+    with monkeypatch.context() as m:
+        m.setattr(torch, "cdist", lambda *a, **k: calls.append(1) or torch.functional.cdist(*a, **k))
+        y = geometric_median(X)
+    assert (len(calls) == 0) == (shift < 1)  # the shortcut was taken exactly when it is safe
+    ref = _gm_direct(X, monkeypatch)
+    scale = torch.linalg.vector_norm(X - ref, dim=1).mean()
+    assert torch.linalg.vector_norm(y - ref) <= 1e-5 * scale
+    Xd = X.double()
+    assert median_objective(Xd, y.double()) <= median_objective(Xd, ref.double()) * (1 + 1e-7)

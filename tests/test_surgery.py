@@ -208,6 +208,16 @@ def test_bn_criterion_and_report_table():
     assert 40 < report.macs_reduction < 60 and 40 < report.params_reduction < 60
 
 
+def test_count_macs_off_skips_only_the_macs():
+    full = gmlib.prune(big("resnet50"), X64[:1], 0.3)
+    lean = gmlib.prune(big("resnet50"), X64[:1], 0.3, count_macs=False)
+    assert lean.macs_before is None and lean.macs_after is None and "MACs" not in lean.summary()
+    assert (lean.params_before, lean.params_after) == (full.params_before, full.params_after)
+    assert lean.kept == full.kept
+    with pytest.raises(TypeError, match="count_macs"):
+        gmlib.prune(models.create("resnet50"), X64[:1], 0.3, count_macs="no")
+
+
 def test_channel_groups_lists_coupling_sets():
     groups = channel_groups(models.create("resnet50"), X64[:1])
     assert len(groups) == 53 - 20 + 4  # 16 conv3 + 4 downsample convs fall into 4 residual sets
