@@ -8,7 +8,7 @@
 import torch
 from torch import nn
 
-from .median import all_finite, distance_sums, geometric_median
+from .median import all_finite, distance_sums, distances_to, geometric_median
 
 __all__ = ["CRITERIA", "filter_scores", "select_filters"]
 
@@ -49,7 +49,7 @@ def filter_scores(weight, criterion: str = "fpgm", *, groups: int = 1, bn=None, 
     w = _filters(weight, groups)  # (g, n, D)
     if criterion == "fpgm":
         gm = geometric_median(w)  # (g, D)
-        return torch.cdist(gm[:, None], w, compute_mode="donot_use_mm_for_euclid_dist").flatten()
+        return distances_to(w, gm).flatten()
     if criterion == "fpgm-sum":
         return distance_sums(w).flatten()
     if criterion == "l1":

@@ -136,8 +136,8 @@ class _Tracer(fx.Tracer):
 class _ShapeRecorder(fx.Interpreter):
     """Runs the traced graph once, recording each node's output shape (None for non-tensors)."""
 
-    def __init__(self, gm):
-        super().__init__(gm)
+    def __init__(self, model, graph):
+        super().__init__(model, graph=graph)  # runs `graph` against the model itself: no GraphModule to compile
         self.shapes = {}
 
     def run_node(self, n):
@@ -154,10 +154,9 @@ def _trace(model, example_inputs):
         where = tracer.failed_at or f"(root) ({type(model).__name__})"
         raise TypeError(f"cannot trace the model with torch.fx: it fails in module {where}: "
                         f"{type(e).__name__}: {e}") from e
-    gm = fx.GraphModule(model, graph)
     was_training = model.training
     model.eval()
-    recorder = _ShapeRecorder(gm)
+    recorder = _ShapeRecorder(model, graph)
     try:
         with torch.no_grad():
             try:

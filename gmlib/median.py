@@ -5,7 +5,7 @@ distance_sums:     s_j = sum_i ||x_i - x_j||             (the relaxation used by
 """
 import torch
 
-__all__ = ["geometric_median", "distance_sums", "median_objective"]
+__all__ = ["geometric_median", "distance_sums", "distances_to", "median_objective"]
 
 _CANDIDATES = 8  # data points tested for optimality at the end
 _MEDOID_CHECK = 2 ** 22  # n^2 d up to which the best data point is also compared
@@ -71,6 +71,15 @@ def _dist(y, X, sq=None):
         if bool((4 * d2 >= sq + yy).all()):
             return d2.sqrt()
     return torch.cdist(y[:, None], X, compute_mode="donot_use_mm_for_euclid_dist").squeeze(1)
+
+
+def distances_to(points, y):
+    """||x_i - y|| for points (n, d) or (b, n, d) and y (d,) or (b, d): (n,) or (b, n), accurate to rounding."""
+    X = points if points.dim() == 3 else points.unsqueeze(0)
+    Y = y.to(X.dtype).reshape(X.shape[0], X.shape[2])
+    sq = torch.linalg.vector_norm(X, dim=-1).square() if X.shape[1] * X.shape[2] >= _FAST else None
+    d = _dist(Y, X, sq)
+    return d if points.dim() == 3 else d.squeeze(0)
 
 
 def _optimal_at(X, w, k, eps):

@@ -11,7 +11,7 @@ from scipy.spatial import Delaunay
 
 import gmlib.median
 from gmlib import distance_sums, geometric_median
-from gmlib.median import median_objective
+from gmlib.median import distances_to, median_objective
 
 FAST = settings(max_examples=40, deadline=None)
 
@@ -219,3 +219,14 @@ def test_large_sets_take_the_fast_path_without_losing_accuracy(shift, monkeypatc
     assert torch.linalg.vector_norm(y - ref) <= 1e-5 * scale
     Xd = X.double()
     assert median_objective(Xd, y.double()) <= median_objective(Xd, ref.double()) * (1 + 1e-7)
+
+
+@pytest.mark.parametrize("shape", [(7, 3), (256, 288), (4, 128, 72)])
+def test_distances_to_matches_the_direct_sum(shape):
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(*shape, generator=g) + 0.3
+    y = torch.randn(*shape[:-2], shape[-1], generator=g) * 0.1
+    d = distances_to(X, y)
+    direct = torch.linalg.vector_norm(X.double() - y.double().unsqueeze(-2), dim=-1)
+    assert d.shape == shape[:-1]
+    torch.testing.assert_close(d.double(), direct, rtol=1e-6, atol=0)
