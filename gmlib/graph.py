@@ -291,7 +291,7 @@ def analyse(model: nn.Module, example_inputs) -> ChannelGraph:
                 result = fresh(node, f"Linear {name!r} outputs are not pruned")
             elif split_attn is not None and isinstance(m, split_attn):
                 seen.add(name)
-                result = _split_attn_rule(sp, uses, node, name, m, lin, single, warnings)
+                result = _split_attn_rule(sp, uses, norm_after, node, name, m, lin, single, warnings)
             elif isinstance(m, nn.Flatten):
                 result = lin if (m.start_dim == 1 and spatial_one(node)) else unknown(node, f"flatten {name!r}")
             elif isinstance(m, _PASS_MODULES):
@@ -367,7 +367,7 @@ def _binary(node, shapes, layout, unify, unknown):
     return result if result is not None else unknown(node, f"broadcast {node.target}")
 
 
-def _split_attn_rule(sp, uses, node, name, m, lin, single, warnings):
+def _split_attn_rule(sp, uses, norm_after, node, name, m, lin, single, warnings):
     """timm SplitAttn: conv (groups*radix) -> bn0 -> act -> radix sum -> fc1 -> bn1 -> act -> fc2 -> r-softmax.
 
     Output channel j is conv rows r*C + j for every radix branch r: one space of C channels produced by the block.
@@ -388,6 +388,7 @@ def _split_attn_rule(sp, uses, node, name, m, lin, single, warnings):
     hidden = sp.new(m.fc1.out_channels, producer=("conv", f"{name}.fc1"), groups=card)
     if isinstance(m.bn1, nn.BatchNorm2d):
         uses.append(Use(f"{name}.bn1", "norm", (hidden,)))
+        norm_after[f"{name}.fc1"] = f"{name}.bn1"  # for the "bn" criterion
     uses.append(Use(f"{name}.fc2", "conv_in", (hidden,)))
     return (out,)
 

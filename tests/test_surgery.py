@@ -208,6 +208,15 @@ def test_bn_criterion_and_report_table():
     assert 40 < report.macs_reduction < 60 and 40 < report.params_reduction < 60
 
 
+def test_bn_criterion_reaches_split_attention_and_names_a_conv_without_norm():
+    # ResNeSt's attention fc1 is followed by bn1: its |gamma| scores the hidden channels
+    report, out, ref = prune_and_compare(big("resnest50d"), X64, 0.3, criterion="bn")
+    assert_equivalent(out, ref)
+    assert len(report.kept["layer1.0.conv2.fc1"]["out"]) < 32
+    with pytest.raises(ValueError, match="decoder.p5.*'bn'"):  # FPN lateral convs have no norm after them
+        gmlib.prune(big("fpn_resnest50"), X64, 0.3, criterion="bn")
+
+
 def test_count_macs_off_skips_only_the_macs():
     full = gmlib.prune(big("resnet50"), X64[:1], 0.3)
     lean = gmlib.prune(big("resnet50"), X64[:1], 0.3, count_macs=False)
