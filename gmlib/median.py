@@ -73,11 +73,16 @@ def _dist(y, X, sq=None):
     return torch.cdist(y[:, None], X, compute_mode="donot_use_mm_for_euclid_dist").squeeze(1)
 
 
+def _squared_norms(X):
+    """||x_i||^2 (b, n) for a set large enough (n d >= _FAST) that _dist's matrix-vector shortcut pays, else None."""
+    return torch.linalg.vector_norm(X, dim=-1).square() if X.shape[1] * X.shape[2] >= _FAST else None
+
+
 def distances_to(points, y):
     """||x_i - y|| for points (n, d) or (b, n, d) and y (d,) or (b, d): (n,) or (b, n), accurate to rounding."""
     X = points if points.dim() == 3 else points.unsqueeze(0)
     Y = y.to(X.dtype).reshape(X.shape[0], X.shape[2])
-    sq = torch.linalg.vector_norm(X, dim=-1).square() if X.shape[1] * X.shape[2] >= _FAST else None
+    sq = _squared_norms(X)
     d = _dist(Y, X, sq)
     return d if points.dim() == 3 else d.squeeze(0)
 
@@ -154,7 +159,7 @@ def geometric_median(points, weights=None, *, tol: float = 1e-7, max_iter: int =
     y = torch.einsum("bn,bnd->bd", w, X) / wsum  # weighted mean, (b, d)
     fin = torch.finfo(X.dtype)
     active = torch.ones(X.shape[0], dtype=torch.bool, device=X.device)
-    sq = torch.linalg.vector_norm(X, dim=-1).square() if X.shape[1] * X.shape[2] >= _FAST else None
+    sq = _squared_norms(X)
     for it in range(max_iter):
         dist = _dist(y, X, sq)  # (b, n)
         if it == 0:  # mean distance to the mean: the problem's length scale
