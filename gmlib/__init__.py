@@ -1,6 +1,7 @@
 """gmlib: geometric-median filter pruning (FPGM) that works on real segmentation networks.
 
-Dependency direction: median -> criteria -> graph/surgery -> schedule; data, models, metrics, train beside them.
+Dependency direction: median -> criteria -> graph -> surgery -> persist -> schedule (the prune -> fine-tune ->
+evaluate loop); data, models, metrics, train beside them; study (the chapters' shared set-up) on top.
 """
 import warnings
 
@@ -13,14 +14,17 @@ from .criteria import CRITERIA, filter_scores, select_filters
 from .complexity import count
 from .surgery import prune, PruneReport
 from .persist import save_pruned, load_pruned
-from .utils import set_deterministic, default_device
+from .schedule import one_shot, iterative
+from .utils import set_deterministic, default_device, environment
 from . import models, data, metrics, train
+from .study import Study
 
 __all__ = [
     "geometric_median", "distance_sums",
     "CRITERIA", "filter_scores", "select_filters",
     "count", "prune", "PruneReport", "save_pruned", "load_pruned",
-    "set_deterministic", "default_device",
+    "one_shot", "iterative", "Study",
+    "set_deterministic", "default_device", "environment",
     "models", "data", "metrics", "train",
 ]
 __version__ = "0.1.0"

@@ -5,12 +5,13 @@
 "fpgm-sum":  sum_i ||w_i - w_j||, the relaxation used by the FPGM paper, NNI and Torch-Pruning.
 "l1", "l2":  the filter's norm (Li et al. 2017);  "random": seeded uniform;  "bn": |gamma| of the following norm layer.
 """
+import pandas as pd
 import torch
 from torch import nn
 
 from .median import all_finite, distance_sums, distances_to, geometric_median
 
-__all__ = ["CRITERIA", "filter_scores", "select_filters"]
+__all__ = ["CRITERIA", "filter_scores", "select_filters", "norm_conditions", "pruned_sets"]
 
 CRITERIA = ("fpgm", "fpgm-sum", "l1", "l2", "random", "bn")
 
@@ -98,3 +99,52 @@ def select_filters(scores, rate: float, *, groups: int = 1, round_to: int = 1):
     order = torch.sort(-s, dim=1, stable=True).indices[:, :keep]  # (g, keep): best first, ties to lower index
     offsets = torch.arange(groups, device=s.device)[:, None] * per_group
     return (order + offsets).flatten().sort().values.to(torch.int64)
+
+
+def _convs(model):
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    convs = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ValueError("model has no Conv2d layer")
+    return convs
+
+
+@torch.no_grad()
+def norm_conditions(model: nn.Module) -> pd.DataFrame:
+    """Per Conv2d, the two conditions norm criteria need (He et al. 2019): spread = std(||w_j||) / mean(||w_j||)
+    (large: norms tell filters apart) and smallest = min ||w_j|| / mean ||w_j|| (near 0: a filter contributes little).
+
+    Returns one row per conv in forward-definition order: layer, filters, spread, smallest.
+    """
+    rows = []
+    for name, conv in _convs(model):
+        norms = torch.linalg.vector_norm(conv.weight.detach().flatten(1).float(), dim=1)  # (C_out,)
+        mean = norms.mean().clamp_min(1e-30)
+        rows.append({"layer": name, "filters": conv.out_channels, "spread": float(norms.std() / mean),
+                     "smallest": float(norms.min() / mean)})
+    return pd.DataFrame(rows)
+
+
+def pruned_sets(model: nn.Module, rate: float, criteria, *, norm_after=None) -> dict:
+    """The filters each criterion would prune at `rate` in every Conv2d, layer by layer (no coupling, no surgery).
+
+    `norm_after` maps a conv's name to the norm module right after it, for "bn" (layers without one are skipped
+    for that criterion). Returns {layer: {"n": filters, criterion: set of pruned filter indices, ...}}.
+    """
+    criteria = list(criteria)
+    unknown = [c for c in criteria if c not in CRITERIA]
+    if unknown:
+        raise ValueError(f"unknown criterion {unknown[0]!r}; choose from {', '.join(CRITERIA)}")
+    norm_after = norm_after or {}
+    out = {}
+    for name, conv in _convs(model):
+        n = conv.out_channels
+        out[name] = {"n": n}
+        for c in criteria:
+            if c == "bn" and name not in norm_after:
+                continue
+            scores = filter_scores(conv.weight, c, groups=conv.groups, bn=norm_after.get(name))
+            kept = set(select_filters(scores, rate, groups=conv.groups).tolist())
+            out[name][c] = set(range(n)) - kept
+    return out

@@ -3,13 +3,16 @@
 - "resnet50", "resnext50_32x4d": timm classifiers (Tables 3 and 4), with a small head of `num_classes` outputs.
 - "fpn_resnest50": the paper's segmentation network ("DF-ResNeSt50", Table 5): a timm `resnest50d` encoder
   (features at strides 4-32) and the FPN decoder layout of segmentation_models_pytorch, written here.
+- "fpn_resnest14d": the quick profile's stand-in, small enough to train on a 2-core CPU in minutes: the same FPN on
+  a `resnest14d` encoder (one split-attention bottleneck per stage), decoder widths halved (128 pyramid, 64
+  segmentation channels).
 """
 import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["create", "NAMES", "FPN", "FPNDecoder"]
+__all__ = ["create", "NAMES", "TITLES", "FPN", "FPNDecoder"]
 
 # Tables 3-5 count a Severstal-sized head: 4 defect classes.
 DEFAULT_CLASSES = 4
@@ -115,8 +118,13 @@ _BUILDERS = {
     "resnext50_32x4d": _classifier("resnext50_32x4d"),
     "resnest50d": _classifier("resnest50d"),
     "fpn_resnest50": lambda num_classes: FPN("resnest50d", num_classes=num_classes),
+    "fpn_resnest14d": lambda num_classes: FPN("resnest14d", num_classes=num_classes, pyramid_channels=128,
+                                              segmentation_channels=64),
 }
 NAMES = tuple(_BUILDERS)
+# How chapters name them in prose and figures.
+TITLES = {"resnet50": "ResNet50", "resnext50_32x4d": "ResNeXt50 (32x4d)", "resnest50d": "ResNeSt50",
+          "fpn_resnest50": "FPN-ResNeSt50", "fpn_resnest14d": "FPN-ResNeSt14d"}
 
 
 def create(name: str, num_classes: int = DEFAULT_CLASSES, seed: int | None = None) -> nn.Module:

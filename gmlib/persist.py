@@ -5,13 +5,13 @@ changed module; loading rebuilds the architecture, re-applies the indices (gmlib
 """
 import json
 import os
-import tempfile
 
 import torch
 from torch import nn
 
 from . import models
 from .surgery import apply_kept
+from .utils import atomic_open
 
 __all__ = ["save_pruned", "load_pruned"]
 
@@ -34,11 +34,13 @@ def _build(arch, num_classes, kept):
     return model
 
 
-def save_pruned(model: nn.Module, path, *, arch: str | None = None, num_classes: int | None = None) -> None:
+def save_pruned(model: nn.Module, path, *, arch: str | None = None, num_classes: int | None = None,
+                metadata: dict | None = None) -> None:
     """Write `model` (pruned by gmlib.prune, or not pruned at all) to `path`, atomically (temp file + rename).
 
     `arch` defaults to the name recorded by load_pruned; `num_classes` is read from the model when not given.
-    The manifest is checked by rebuilding the architecture before anything is written.
+    `metadata` (a JSON-serialisable dict: settings, scores) travels in the manifest; load_pruned(with_metadata=True)
+    returns it. The manifest is checked by rebuilding the architecture before anything is written.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -58,21 +60,22 @@ def save_pruned(model: nn.Module, path, *, arch: str | None = None, num_classes:
     if bad:
         raise ValueError(f"model does not match arch {arch!r} with num_classes={num_classes} and its kept "
                          f"indices (first mismatch: {bad[0]!r})")
-    manifest = json.dumps({"format": FORMAT, "arch": arch, "num_classes": num_classes, "kept": kept})
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
-    os.close(fd)
+    if metadata is not None and not isinstance(metadata, dict):
+        raise TypeError(f"metadata must be a dict, got {type(metadata).__name__}")
     try:
-        torch.save({"manifest": manifest, "state_dict": state}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+        manifest = json.dumps({"format": FORMAT, "arch": arch, "num_classes": num_classes, "kept": kept,
+                               "metadata": metadata or {}}, allow_nan=True)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"metadata is not JSON-serialisable: {e}") from e
+    with atomic_open(path) as f:
+        torch.save({"manifest": manifest, "state_dict": state}, f)
 
 
-def load_pruned(path, map_location="cpu") -> nn.Module:
-    """Rebuild the network saved by save_pruned (weights_only load: no code is unpickled); returned in eval mode."""
+def load_pruned(path, map_location="cpu", *, with_metadata: bool = False):
+    """Rebuild the network saved by save_pruned (weights_only load: no code is unpickled); returned in eval mode.
+
+    With `with_metadata`, returns (model, metadata dict) instead of the model alone.
+    """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no saved model at {path!r}")
@@ -86,4 +89,5 @@ def load_pruned(path, map_location="cpu") -> nn.Module:
         raise ValueError(f"{path!r} has format {manifest.get('format')!r}, expected {FORMAT!r}")
     model = _build(manifest["arch"], manifest["num_classes"], manifest["kept"])
     model.load_state_dict(state)
-    return model.to(next(iter(state.values())).device if state else "cpu").eval()
+    model = model.to(next(iter(state.values())).device if state else "cpu").eval()
+    return (model, manifest.get("metadata", {})) if with_metadata else model

@@ -192,20 +192,20 @@ def mask_pruned(model: nn.Module, report: PruneReport) -> nn.Module:
 
 # ----------------------------------------------------------------------------------------------------- selection
 
-def _member_scores(graph, producer, criterion):
+def _member_scores(graph, producer, criterion, generator):
     kind, name = producer
     m = graph.modules[name]
     if kind == "splitattn":
         bn = m.bn0 if isinstance(m.bn0, nn.BatchNorm2d) else None
-        s = _scores(m.conv, criterion, bn, f"{name}.conv")
+        s = _scores(m.conv, criterion, bn, f"{name}.conv", generator)
         return s.view(m.radix, -1).sum(0)  # channel j is rows r*C + j of every radix branch
     norm = graph.modules.get(graph.norm_after.get(name))
-    return _scores(m, criterion, norm, name)
+    return _scores(m, criterion, norm, name, generator)
 
 
-def _scores(conv, criterion, norm, name):
+def _scores(conv, criterion, norm, name, generator):
     try:
-        return filter_scores(conv.weight, criterion, groups=conv.groups, bn=norm).float()
+        return filter_scores(conv.weight, criterion, groups=conv.groups, bn=norm, generator=generator).float()
     except ValueError as e:
         raise ValueError(f"cannot score {name!r} with criterion {criterion!r}: {e}") from e
 
@@ -266,13 +266,14 @@ def _input_size(example_inputs):
 # ----------------------------------------------------------------------------------------------------- prune
 
 def prune(model: nn.Module, example_inputs, rate: float, *, criterion: str = "fpgm", policy: str = "or-merge",
-          ignored_layers=(), round_to: int = 1, count_macs: bool = True) -> PruneReport:
+          ignored_layers=(), round_to: int = 1, count_macs: bool = True, seed: int = 0) -> PruneReport:
     """Physically remove `rate` of every Conv2d's output filters, in place, and propagate to all consumers.
 
     Convs whose outputs reach the model output and `ignored_layers` (names or modules; their output channels are
     kept, their inputs still follow upstream pruning) are left. Returns a PruneReport: params always, MACs counted
     with gmlib.count at the example input's (C, H, W) unless `count_macs=False` (skips its two forward passes).
-    Channels an unsupported op touches are kept (see warnings).
+    Channels an unsupported op touches are kept (see warnings). `seed` draws the scores of criterion "random" (one
+    generator for the whole call, so every layer gets its own draw); the other criteria ignore it.
     """
     if isinstance(rate, bool) or not isinstance(rate, (int, float)):
         raise TypeError(f"rate must be a number in [0, 1), got {type(rate).__name__} {rate!r}")
@@ -288,6 +289,9 @@ def prune(model: nn.Module, example_inputs, rate: float, *, criterion: str = "fp
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(count_macs, bool):
         raise TypeError(f"count_macs must be True or False, got {count_macs!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    generator = torch.Generator().manual_seed(seed) if criterion == "random" else None
     ignored = _resolve_ignored(model, ignored_layers)
     graph = analyse(model, example_inputs)
     sp, modules = graph.spaces, graph.modules
@@ -321,7 +325,7 @@ def prune(model: nn.Module, example_inputs, rate: float, *, criterion: str = "fp
             continue
         if rate == 0:
             continue
-        scores = [_member_scores(graph, p, criterion) for p in producers]
+        scores = [_member_scores(graph, p, criterion, generator) for p in producers]
         kept = _select(scores, n, unit, groups, rate, policy, round_to)
         if kept.numel() == 0:
             raise ValueError(f"rate {rate} would remove every channel of {', '.join(p[1] for p in producers)}")

@@ -6,8 +6,7 @@ pixels; [c in y] = class c present in the batch, so absent classes are left to t
 nn.Module (a pruned network is just one with smaller layers), so the same call serves fine-tuning after pruning.
 """
 import math
-import os
-import tempfile
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -17,9 +16,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import metrics
-from .utils import default_device
+from .utils import atomic_open, default_device
 
-__all__ = ["bce_dice_loss", "soft_dice", "fit", "evaluate", "predict", "save_checkpoint", "MONITORS"]
+__all__ = ["bce_dice_loss", "soft_dice", "fit", "evaluate", "predict", "padded_forward", "save_checkpoint",
+           "MONITORS"]
 
 # Validation numbers `fit` can select the best epoch by.
 MONITORS = ("dice_kaggle", "dice_positive")
@@ -60,6 +60,23 @@ def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, bce_weight: float 
     return bce_weight * bce + dice_weight * dice_loss
 
 
+def padded_forward(model: nn.Module, images: torch.Tensor, multiple: int = 32) -> torch.Tensor:
+    """model(images) on images padded (edge-replicated, bottom and right) to a multiple of `multiple` in H and W,
+    logits cropped back to (N, C, H, W): an FPN needs sides divisible by its stride 32, a 1/4-scale strip is 400 wide.
+    """
+    h, w = images.shape[-2:]
+    ph, pw = -h % multiple, -w % multiple
+    if ph or pw:
+        images = F.pad(images, (0, pw, 0, ph), mode="replicate")
+    return model(images)[..., :h, :w]
+
+
+def _check_threshold(threshold):
+    values = [threshold] if isinstance(threshold, (int, float)) else list(threshold)
+    if not values or not all(isinstance(t, (int, float)) and 0.0 < t < 1.0 for t in values):
+        raise ValueError(f"threshold must lie in (0, 1) (one number or one per class), got {threshold!r}")
+
+
 def _check_loader(loader, name):
     try:
         n = len(loader)
@@ -70,13 +87,16 @@ def _check_loader(loader, name):
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader_or_batch, *, device=None) -> torch.Tensor:
-    """Sigmoid probabilities (N, C, H, W) on the CPU for an image batch (N, 3, H, W) or a loader of (image, mask)."""
+def predict(model: nn.Module, loader_or_batch, *, device=None, pad_to: int = 32) -> torch.Tensor:
+    """Sigmoid probabilities (N, C, H, W) on the CPU for an image batch (N, 3, H, W) or a loader of (image, mask).
+
+    Inputs are padded to a multiple of `pad_to` for the forward pass (see `padded_forward`); 1 turns that off.
+    """
     device = torch.device(device) if device is not None else default_device()
     was_training = model.training
     model.eval().to(device)
     batches = [loader_or_batch] if isinstance(loader_or_batch, torch.Tensor) else (b[0] for b in loader_or_batch)
-    probs = [torch.sigmoid(model(images.to(device))).float().cpu() for images in batches]
+    probs = [torch.sigmoid(padded_forward(model, images.to(device), pad_to)).float().cpu() for images in batches]
     model.train(was_training)
     if not probs:
         raise ValueError("loader_or_batch is empty: it yields no batches")
@@ -84,24 +104,25 @@ def predict(model: nn.Module, loader_or_batch, *, device=None) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, *, device=None, threshold: float = 0.5, min_area=None,
-             loss_fn=bce_dice_loss, progress: bool = False) -> dict:
-    """Mean loss and Dice over a loader of (image, mask) batches; masks come from `metrics.postprocess`.
+def evaluate(model: nn.Module, loader, *, device=None, threshold=0.5, min_area=None,
+             loss_fn=bce_dice_loss, progress: bool = False, pad_to: int = 32) -> dict:
+    """Mean loss and Dice over a loader of (image, mask) batches; masks come from `metrics.postprocess` with
+    `threshold` and `min_area` (one for every class, or one per class, e.g. from `metrics.tune_postprocess`).
 
     dice_kaggle averages every (image, class) pair (empty-empty = 1); dice_positive only pairs with a defect.
     Returns floats: loss, dice_kaggle, dice_positive and per-class lists dice_kaggle_per_class,
     dice_positive_per_class (NaN for a class with no positive pair in the loader).
+    Inputs are padded to a multiple of `pad_to` for the forward pass (see `padded_forward`).
     """
     _check_loader(loader, "loader")
-    if not 0.0 < threshold < 1.0:
-        raise ValueError(f"threshold must lie in (0, 1), got {threshold!r}")
+    _check_threshold(threshold)
     device = torch.device(device) if device is not None else default_device()
     was_training = model.training
     model.eval().to(device)
     loss_sum, n_images, meter = 0.0, 0, metrics.DiceMeter()
     for images, masks in tqdm(loader, desc="eval", leave=False, disable=not progress):
         images, masks = images.to(device), masks.to(device)
-        logits = model(images)
+        logits = padded_forward(model, images, pad_to)
         loss_sum += loss_fn(logits, masks).item() * len(images)
         n_images += len(images)
         meter.update(metrics.postprocess(torch.sigmoid(logits), threshold=threshold, min_area=min_area), masks > 0.5)
@@ -114,20 +135,10 @@ def save_checkpoint(path, model: nn.Module, **metadata) -> Path:
 
     A crash mid-write leaves the previous checkpoint intact; the file loads with torch.load(weights_only=True).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"state_dict": state, **metadata}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_open(path) as f:
+        torch.save({"state_dict": state, **metadata}, f)
+    return Path(path)
 
 
 def fit(model: nn.Module, train_loader, val_loader, *, epochs: int, lr: float, weight_decay: float = 1e-4,
@@ -138,13 +149,17 @@ def fit(model: nn.Module, train_loader, val_loader, *, epochs: int, lr: float, w
 
     After every epoch the model is evaluated on `val_loader`; the epoch with the highest val `monitor` is kept:
     written to `checkpoint` (if given, atomically, with epoch, monitor, val Dice and `arch`) and, with
-    `restore_best`, loaded back into `model` at the end. `seed` seeds torch's global RNG (dropout, and loader
-    shuffling unless the loader has its own generator). The model is moved to `device` (default: CUDA if present).
+    `restore_best`, loaded back into `model` at the end. With `val_loader=None` nothing is evaluated and the last
+    epoch is the one kept (a fixed budget, as fine-tuning comparisons need). `seed` seeds torch's global RNG
+    (dropout, and loader shuffling unless the loader has its own generator). The model is moved to `device`
+    (default: CUDA if present). `threshold`/`min_area` go to `evaluate` (one number or one per class).
 
-    Returns one row per epoch: epoch, lr, train_loss, val_loss, val_dice_kaggle, val_dice_positive, best.
+    Returns one row per epoch: epoch, lr, train_loss, seconds (training wall time), and with a val_loader
+    val_loss, val_dice_kaggle, val_dice_positive, best.
     """
     _check_loader(train_loader, "train_loader")
-    _check_loader(val_loader, "val_loader")
+    if val_loader is not None:
+        _check_loader(val_loader, "val_loader")
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
     if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
@@ -153,8 +168,7 @@ def fit(model: nn.Module, train_loader, val_loader, *, epochs: int, lr: float, w
         raise ValueError(f"weight_decay must be a non-negative number, got {weight_decay!r}")
     if monitor not in MONITORS:
         raise ValueError(f"monitor must be one of {MONITORS}, got {monitor!r}")
-    if not 0.0 < threshold < 1.0:
-        raise ValueError(f"threshold must lie in (0, 1), got {threshold!r}")
+    _check_threshold(threshold)
     torch.manual_seed(seed)
     device = torch.device(device) if device is not None else default_device()
     model.to(device)
@@ -167,6 +181,7 @@ def fit(model: nn.Module, train_loader, val_loader, *, epochs: int, lr: float, w
         model.train()
         loss_sum, n_images = 0.0, 0
         lr_now = optimizer.param_groups[0]["lr"]
+        start = time.perf_counter()
         for images, masks in tqdm(train_loader, desc=f"epoch {epoch}", leave=False, disable=not progress):
             images, masks = images.to(device), masks.to(device)
             loss = loss_fn(model(images), masks)
@@ -180,6 +195,13 @@ def fit(model: nn.Module, train_loader, val_loader, *, epochs: int, lr: float, w
             scheduler.step()
             loss_sum += loss.item() * len(images)
             n_images += len(images)
+        row = {"epoch": epoch, "lr": lr_now, "train_loss": loss_sum / n_images, "seconds": time.perf_counter() - start}
+        if val_loader is None:
+            history.append(row)
+            if checkpoint is not None:
+                save_checkpoint(checkpoint, model, epoch=epoch, arch=arch)
+            epoch_bar.set_postfix(loss=f"{row['train_loss']:.3f}")
+            continue
         val = evaluate(model, val_loader, device=device, threshold=threshold, min_area=min_area, loss_fn=loss_fn)
         score = -math.inf if math.isnan(val[monitor]) else val[monitor]
         is_best = best_state is None or score > best_score  # ties keep the earlier epoch
@@ -189,10 +211,9 @@ def fit(model: nn.Module, train_loader, val_loader, *, epochs: int, lr: float, w
             if checkpoint is not None:
                 save_checkpoint(checkpoint, model, epoch=epoch, arch=arch, monitor=monitor,
                                 val_dice_kaggle=val["dice_kaggle"], val_dice_positive=val["dice_positive"])
-        history.append({"epoch": epoch, "lr": lr_now, "train_loss": loss_sum / n_images, "val_loss": val["loss"],
-                        "val_dice_kaggle": val["dice_kaggle"], "val_dice_positive": val["dice_positive"],
-                        "best": is_best})
-        epoch_bar.set_postfix(loss=f"{loss_sum / n_images:.3f}", dice=f"{val['dice_kaggle']:.3f}")
-    if restore_best:
+        history.append({**row, "val_loss": val["loss"], "val_dice_kaggle": val["dice_kaggle"],
+                        "val_dice_positive": val["dice_positive"], "best": is_best})
+        epoch_bar.set_postfix(loss=f"{row['train_loss']:.3f}", dice=f"{val[monitor]:.3f}")
+    if restore_best and best_state is not None:
         model.load_state_dict(best_state)
     return pd.DataFrame(history)

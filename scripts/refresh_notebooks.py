@@ -1,7 +1,8 @@
 """Execute notebooks in place with their default (quick) parameters and strip run metadata, keeping outputs and tags.
 
 Usage: python scripts/refresh_notebooks.py [notebooks/01_geometric_median.ipynb ...]
-Committed notebooks keep their outputs because nbval compares a fresh run against them.
+Committed notebooks keep their outputs because nbval compares a fresh run against them; progress bars keep only
+their last state (reproduce.clean_progress).
 """
 import sys
 from pathlib import Path
@@ -9,13 +10,16 @@ from pathlib import Path
 import nbformat
 import papermill as pm
 
+from reproduce import KERNEL_CONFIG, clean_progress
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def strip(path: Path) -> None:
+    """Drop papermill's run metadata and the injected-parameters tag, collapse progress bars; keep outputs and tags."""
     nb = nbformat.read(path, as_version=4)
     nb.metadata.pop("papermill", None)
-    nb.metadata.get("widgets", None) and nb.metadata.pop("widgets")
+    nb.metadata.pop("widgets", None)
     for cell in nb.cells:
         cell.metadata.pop("papermill", None)
         cell.metadata.pop("execution", None)
@@ -25,16 +29,17 @@ def strip(path: Path) -> None:
             if not tags:
                 cell.metadata.pop("tags")
             for out in cell.outputs:
-                out.pop("execution_count", None) if out.get("output_type") != "execute_result" else None
+                if out.get("output_type") != "execute_result":
+                    out.pop("execution_count", None)
                 out.get("metadata", {}).pop("execution", None)
-    nbformat.write(nb, path)
+    nbformat.write(clean_progress(nb), path)
 
 
 def main(paths):
     paths = [Path(p) for p in paths] or sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     for path in paths:
         print(f"==> {path.name}", flush=True)
-        pm.execute_notebook(str(path), str(path), cwd=str(path.parent), progress_bar=False)
+        pm.execute_notebook(str(path), str(path), cwd=str(path.parent), progress_bar=False, config=KERNEL_CONFIG)
         strip(path)
     return 0
 

@@ -6,6 +6,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 from torch import nn
 
+import gmlib
 from gmlib import CRITERIA, distance_sums, filter_scores, geometric_median, select_filters
 
 
@@ -160,3 +161,31 @@ def test_every_criterion_gives_one_score_per_filter():
     for criterion in CRITERIA:
         s = filter_scores(w, criterion, groups=2, bn=bn)
         assert s.shape == (12,) and torch.isfinite(s).all()
+
+
+def test_norm_conditions_against_a_hand_made_layer():
+    conv = nn.Conv2d(2, 3, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([[3.0, 4.0], [0.0, 1.0], [0.0, 2.0]]).view(3, 2, 1, 1))  # norms 5, 1, 2
+    table = gmlib.criteria.norm_conditions(nn.Sequential(conv, nn.ReLU()))
+    norms = torch.tensor([5.0, 1.0, 2.0])
+    assert table["layer"].tolist() == ["0"] and table["filters"].tolist() == [3]
+    assert table["spread"].iloc[0] == pytest.approx(float(norms.std() / norms.mean()))
+    assert table["smallest"].iloc[0] == pytest.approx(1 / norms.mean().item())
+    with pytest.raises(ValueError, match="no Conv2d"):
+        gmlib.criteria.norm_conditions(nn.Linear(2, 2))
+
+
+def test_pruned_sets_are_the_complement_of_select_filters():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Conv2d(8, 8, 3, groups=2))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.arange(8.0))
+    sets = gmlib.criteria.pruned_sets(model, 0.5, ["l1", "bn", "fpgm"], norm_after={"0": model[1]})
+    assert sets["0"]["bn"] == {0, 1, 2, 3}  # the smallest gammas
+    l1 = model[0].weight.abs().flatten(1).sum(1)
+    assert sets["0"]["l1"] == set(l1.argsort()[:4].tolist())
+    assert "bn" not in sets["2"] and sets["2"]["n"] == 8  # no norm after it: skipped for "bn" only
+    assert len([i for i in sets["2"]["fpgm"] if i < 4]) == 2  # grouped: half of each group
+    with pytest.raises(ValueError, match="unknown criterion 'norm'"):
+        gmlib.criteria.pruned_sets(model, 0.5, ["norm"])

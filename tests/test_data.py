@@ -266,6 +266,20 @@ def test_dataset_split_stratifies_by_defect(synth):
     assert any(has[v] for v in val) and not all(has[v] for v in val)
 
 
+def test_rarest_class_and_a_split_that_gives_every_class_its_share(tmp_path):
+    ds = SeverstalDataset(make_synthetic_severstal(tmp_path / "s", 300, 0, progress=False))
+    rarest = dict(zip(ds.image_ids, ds.rarest_class()))
+    classes = {i: set(ds.labels.loc[ds.labels["ImageId"] == i, "ClassId"]) for i in ds.image_ids}
+    order = [2, 4, 1, 3]  # rarest first in the real train set
+    for i, c in rarest.items():
+        assert c == (min(classes[i], key=order.index) if classes[i] else 0)
+    assert any(len(s) > 1 for s in classes.values())  # the rule was exercised on multi-class images
+    train, val = ds.split(0.3, seed=0)
+    for c in set(rarest.values()):
+        n = sum(r == c for r in rarest.values())
+        assert sum(rarest[i] == c for i in val) == round(0.3 * n)  # each stratum split in proportion
+
+
 # --- bad folders and files -----------------------------------------------------------------------------------------
 
 def test_missing_image_named_in_the_csv(synth, tmp_path):

@@ -1,5 +1,4 @@
 """The geometric-median solver against an oracle (scipy.optimize) and its defining properties."""
-import math
 
 import numpy as np
 import pytest

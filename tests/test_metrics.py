@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from gmlib.metrics import DiceMeter, dice_kaggle, dice_pairs, dice_positive, postprocess
+from gmlib.metrics import DiceMeter, dice_kaggle, dice_pairs, dice_positive, postprocess, tune_postprocess
 
 
 def naive_dice(pred, target):
@@ -89,12 +89,15 @@ def test_postprocess_threshold_and_min_area():
     assert masks.sum((2, 3)).tolist() == [[0, 1, 0, 0], [0, 0, 16, 0]]
     assert postprocess(probs, min_area=2).sum((2, 3)).tolist() == [[4, 0, 0, 0], [0, 0, 16, 0]]
     assert postprocess(probs, threshold=0.65).sum().item() == 5
+    # one threshold per class
+    assert postprocess(probs, threshold=[0.95, 0.6, 0.55, 0.4]).sum((2, 3)).tolist() == [[0, 1, 0, 0], [0, 0, 16, 1]]
 
 
 @pytest.mark.parametrize("probs, kwargs, message", [
     (torch.full((1, 4, 2, 2), 1.5), {}, r"in \[0, 1\]"),
     (torch.zeros(1, 4, 2, 2), {"min_area": [1, 2]}, "min_area"),
     (torch.zeros(1, 4, 2, 2), {"threshold": 2.0}, "threshold"),
+    (torch.zeros(1, 4, 2, 2), {"threshold": [0.5, 0.5]}, "threshold"),
     (torch.zeros(4, 2, 2), {}, r"\(N, C, H, W\)"),
 ])
 def test_postprocess_rejects_bad_input(probs, kwargs, message):
@@ -116,3 +119,30 @@ def test_dice_meter_equals_one_shot():
                        equal_nan=True)
     with pytest.raises(ValueError, match="before any update"):
         DiceMeter().compute()
+
+
+def test_tune_postprocess_matches_a_brute_force_search():
+    g = torch.Generator().manual_seed(0)
+    target = torch.zeros(12, 3, 8, 8, dtype=torch.bool)
+    for n in range(0, 12, 2):  # half the images carry a 3x3 defect of class n % 3
+        target[n, n % 3, 2:5, 2:5] = True
+    probs = (0.45 * target + 0.8 * torch.rand(12, 3, 8, 8, generator=g)).clamp(0, 1)  # noisy, with false alarms
+    thresholds, areas = (0.3, 0.5, 0.7, 0.9), (0, 2, 5, 12)
+    tuned = tune_postprocess(probs, target, thresholds=thresholds, min_areas=areas)
+    for c in range(3):
+        best = max(((dice_kaggle(postprocess(probs[:, c:c + 1], t, a), target[:, c:c + 1]), -i, -j)
+                    for i, t in enumerate(thresholds) for j, a in enumerate(areas)))
+        assert tuned["dice_kaggle_per_class"][c] == pytest.approx(best[0])
+        assert (tuned["threshold"][c], tuned["min_area"][c]) == (thresholds[-best[1]], areas[-best[2]])
+    masks = postprocess(probs, tuned["threshold"], tuned["min_area"])
+    assert dice_kaggle(masks, target, per_class=True).tolist() == pytest.approx(tuned["dice_kaggle_per_class"])
+    assert dice_kaggle(masks, target) > dice_kaggle(postprocess(probs), target)  # tuning helps on this noise
+
+
+def test_tune_postprocess_rejects_bad_input():
+    with pytest.raises(ValueError, match="shapes differ"):
+        tune_postprocess(torch.zeros(2, 4, 3, 3), torch.zeros(2, 4, 3, 4))
+    with pytest.raises(ValueError, match="at least one"):
+        tune_postprocess(torch.zeros(2, 4, 3, 3), torch.zeros(2, 4, 3, 3), min_areas=())
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        tune_postprocess(torch.full((2, 4, 3, 3), 2.0), torch.zeros(2, 4, 3, 3))

@@ -37,6 +37,22 @@ def test_round_trip_identical_outputs(tmp_path, name, policy):
     assert manifest["kept"] == report.kept
 
 
+def test_metadata_travels_with_the_model(tmp_path):
+    model = models.create("resnet50", seed=0)
+    gmlib.prune(model, X, 0.3, count_macs=False)
+    meta = {"step": 2, "scores": {"dice": 0.75, "per_class": [0.5, float("nan")]}, "note": None}
+    gmlib.save_pruned(model, tmp_path / "m.pt", metadata=meta)
+    loaded, back = gmlib.load_pruned(tmp_path / "m.pt", with_metadata=True)
+    assert back["step"] == 2 and back["scores"]["dice"] == 0.75 and back["note"] is None
+    assert back["scores"]["per_class"][0] == 0.5 and back["scores"]["per_class"][1] != back["scores"]["per_class"][1]
+    assert torch.equal(outputs(loaded), outputs(model))
+    with pytest.raises(ValueError, match="JSON"):
+        gmlib.save_pruned(model, tmp_path / "bad.pt", metadata={"tensor": torch.zeros(1)})
+    with pytest.raises(TypeError, match="metadata must be a dict"):
+        gmlib.save_pruned(model, tmp_path / "bad.pt", metadata=[1, 2])
+    assert sorted(os.listdir(tmp_path)) == ["m.pt"]  # the refused writes left nothing behind
+
+
 def test_pruning_twice_composes_indices(tmp_path):
     model = models.create("resnest50d", seed=0).eval()
     gmlib.prune(model, X, 0.3)

@@ -80,6 +80,7 @@ X64 = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     ("resnext50_32x4d", 0.3, "or-merge"), ("resnext50_32x4d", 0.5, "coupled"),
     ("resnest50d", 0.5, "or-merge"), ("resnest50d", 0.3, "coupled"),
     ("fpn_resnest50", 0.3, "or-merge"), ("fpn_resnest50", 0.5, "coupled"),
+    ("fpn_resnest14d", 0.4, "or-merge"),
 ])
 def test_pruned_equals_masked(name, rate, policy):
     model = big(name)
@@ -91,8 +92,19 @@ def test_pruned_equals_masked(name, rate, policy):
     for row in report.layers:  # never more than asked (except nothing at all), group rounding only keeps more
         assert row.sparsity <= rate + 1e-9
     # the heads keep their outputs
-    head = model.fc if name != "fpn_resnest50" else model.head
+    head = model.head if name.startswith("fpn") else model.fc
     assert (head.out_features if isinstance(head, nn.Linear) else head.out_channels) == 4
+
+
+def test_random_criterion_draws_with_the_seed():
+    kept = {}
+    for seed in (0, 1, 0):
+        model = models.create("resnet50", seed=0)
+        kept.setdefault(seed, []).append(gmlib.prune(model, X64[:1], 0.3, criterion="random", seed=seed,
+                                                     count_macs=False).kept)
+    assert kept[0][0] == kept[0][1] and kept[0][0] != kept[1][0]
+    with pytest.raises(ValueError, match="seed"):
+        gmlib.prune(models.create("resnet50"), X64[:1], 0.3, criterion="random", seed=-1)
 
 
 def test_equivalence_check_can_fail():

@@ -80,7 +80,7 @@ def test_training_lowers_the_loss(tmp_path):
     after = train.evaluate(model, train_loader, device="cpu")["loss"]
     assert after < 0.75 * before
     assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
-    assert list(history.columns) == ["epoch", "lr", "train_loss", "val_loss", "val_dice_kaggle",
+    assert list(history.columns) == ["epoch", "lr", "train_loss", "seconds", "val_loss", "val_dice_kaggle",
                                      "val_dice_positive", "best"]
     assert history["epoch"].tolist() == list(range(1, 11))
     # per-step cosine: the lr at the start of each epoch falls from lr towards 0
@@ -94,7 +94,8 @@ def test_fit_is_seeded():
     for _ in range(2):
         train_loader, val_loader = loaders()
         model = tiny_net()
-        runs.append(train.fit(model, train_loader, val_loader, epochs=2, lr=1e-2, device="cpu", progress=False))
+        runs.append(train.fit(model, train_loader, val_loader, epochs=2, lr=1e-2, device="cpu", progress=False)
+                    .drop(columns="seconds"))
     assert runs[0].equals(runs[1])
 
 
@@ -248,3 +249,38 @@ def test_pos_weight_scales_the_bce_of_defect_pixels():
     assert torch.isclose(per_class, 2.5 * plain)
     # background pixels are not reweighted
     assert torch.isclose(train.bce_dice_loss(logits, torch.zeros_like(target), dice_weight=0.0, pos_weight=10.0), plain)
+
+
+def test_padded_forward_crops_back_and_matches_an_unpadded_input():
+    model = gmlib.models.create("fpn_resnest14d", seed=0).eval()
+    x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(train.padded_forward(model, x), model(x))  # already a multiple of 32: no padding
+        out = train.padded_forward(model, x[..., :80])  # 80 wide: padded to 96, then cropped
+        assert out.shape == (1, 4, 64, 80)
+        assert torch.equal(out, model(torch.cat([x[..., :80], x[..., 79:80].expand(-1, -1, -1, 16)], -1))[..., :80])
+    with pytest.raises(ValueError, match="multiples of 32"):
+        model(x[..., :80])
+
+
+def test_fit_without_validation_keeps_the_last_epoch(tmp_path):
+    train_loader, _ = loaders()
+    model = tiny_net()
+    history = train.fit(model, train_loader, None, epochs=3, lr=1e-2, device="cpu", progress=False,
+                        checkpoint=tmp_path / "last.pt")
+    assert list(history.columns) == ["epoch", "lr", "train_loss", "seconds"]
+    saved = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert saved["epoch"] == 3
+    assert all(torch.equal(saved["state_dict"][k], v) for k, v in model.state_dict().items())
+
+
+def test_evaluate_takes_one_threshold_per_class():
+    _, val_loader = loaders()
+    model = tiny_net()
+    low, high = (train.evaluate(model, val_loader, device="cpu", threshold=[t] * 4) for t in (0.01, 0.99))
+    mixed = train.evaluate(model, val_loader, device="cpu", threshold=[0.01, 0.99, 0.01, 0.99])
+    for c in range(4):
+        expect = (low if c % 2 == 0 else high)["dice_kaggle_per_class"][c]
+        assert mixed["dice_kaggle_per_class"][c] == pytest.approx(expect)
+    with pytest.raises(ValueError, match="threshold"):
+        train.evaluate(model, val_loader, device="cpu", threshold=[0.5, 1.5, 0.5, 0.5])

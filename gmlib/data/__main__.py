@@ -1,6 +1,6 @@
 """Command line: write (or keep, if already there) a synthetic Severstal set.
 
-python -m gmlib.data --root data/synthetic --n-images 200 --seed 0 [--force]
+python -m gmlib.data --root data/synthetic --n-images 2000 --seed 0 [--force]
 """
 import argparse
 import sys
@@ -14,7 +14,7 @@ __all__ = ["main"]
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m gmlib.data", description="Write a synthetic Severstal set.")
     ap.add_argument("--root", default="data/synthetic", help="output folder (Kaggle layout)")
-    ap.add_argument("--n-images", type=int, default=200, help="number of 256x1600 strips")
+    ap.add_argument("--n-images", type=int, default=2000, help="number of 256x1600 strips")
     ap.add_argument("--seed", type=int, default=0, help="random seed (same seed -> same bytes)")
     ap.add_argument("--force", action="store_true", help="regenerate even if the folder already matches")
     args = ap.parse_args(argv)

@@ -13,7 +13,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
-from .labels import CLASS_NAMES, read_labels
+from .labels import CLASS_NAMES, REAL_CLASS_COUNTS, read_labels
 from .rle import IMAGE_SHAPE, rle_decode
 
 __all__ = ["MEAN", "STD", "SeverstalDataset", "load_image", "train_val_split"]
@@ -182,9 +182,19 @@ class SeverstalDataset(Dataset):
         defective = set(self.labels["ImageId"])
         return [i in defective for i in self.image_ids]
 
+    def rarest_class(self):
+        """Per image in `image_ids`: its rarest class in the real train set (edge crack < rolled-in scale < pit <
+        scratches), 0 when defect-free. A split stratified by it gives every class its share on both sides."""
+        rank = {c: r for r, c in enumerate(sorted(CLASS_NAMES, key=REAL_CLASS_COUNTS.get), 1)}
+        rarest = {}
+        for image_id, c in zip(self.labels["ImageId"], self.labels["ClassId"]):
+            if image_id not in rarest or rank[c] < rank[rarest[image_id]]:
+                rarest[image_id] = c
+        return [rarest.get(i, 0) for i in self.image_ids]
+
     def split(self, val_fraction: float, seed: int):
-        """(train_ids, val_ids) of this dataset's images, stratified by has-a-defect."""
-        return train_val_split(self.image_ids, val_fraction, seed, stratify=self.has_defect())
+        """(train_ids, val_ids) of this dataset's images, stratified by `rarest_class` (so also by has-a-defect)."""
+        return train_val_split(self.image_ids, val_fraction, seed, stratify=self.rarest_class())
 
     def class_stats(self) -> pd.DataFrame:
         """Per class: images carrying it, their share of all images, mean mask area (% of the image) where present.

@@ -12,9 +12,10 @@ import pandas as pd
 
 from .rle import IMAGE_SHAPE, rle_runs
 
-__all__ = ["CLASS_NAMES", "read_labels"]
+__all__ = ["CLASS_NAMES", "REAL_CLASS_COUNTS", "read_labels"]
 
 CLASS_NAMES = {1: "pit", 2: "edge crack", 3: "scratches", 4: "rolled-in scale"}
+REAL_CLASS_COUNTS = {1: 897, 2: 247, 3: 5150, 4: 801}  # images carrying each class in the real train set (12,568)
 OLD_HEADER = ["ImageId_ClassId", "EncodedPixels"]
 NEW_HEADER = ["ImageId", "ClassId", "EncodedPixels"]
 

@@ -8,8 +8,11 @@ __all__ = ["CLASS_COLORS", "show_masks"]
 CLASS_COLORS = {1: "#e41a1c", 2: "#4daf4a", 3: "#377eb8", 4: "#ff7f00"}  # pit, edge crack, scratches, scale
 
 
-def show_masks(ax, image, mask, title=None, alpha=0.25, legend=False):
-    """image: (3, H, W) / (H, W) in [0, 1] or uint8; mask: (4, H, W) 0/1 (numpy or torch). Draws on `ax`."""
+def show_masks(ax, image, mask, title=None, alpha=0.25, legend=False, pred=None):
+    """image: (3, H, W) / (H, W) in [0, 1] or uint8; mask: (4, H, W) 0/1 (numpy or torch). Draws on `ax`.
+
+    `pred`, a second (4, H, W) 0/1 mask (a prediction), is drawn as dashed outlines in the same colours.
+    """
     from matplotlib.colors import to_rgb
     from matplotlib.patches import Patch
 
@@ -23,10 +26,19 @@ def show_masks(ax, image, mask, title=None, alpha=0.25, legend=False):
             tint[mask[c - 1] > 0] = (*to_rgb(color), alpha)
             ax.contour(mask[c - 1], levels=[0.5], colors=[color], linewidths=0.8)
     ax.imshow(tint, interpolation="nearest")
+    if pred is not None:
+        pred = np.asarray(pred.detach().cpu() if hasattr(pred, "detach") else pred)
+        for c, color in CLASS_COLORS.items():
+            if pred[c - 1].any():
+                ax.contour(pred[c - 1], levels=[0.5], colors=[color], linewidths=1.2, linestyles="--")
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
         ax.set_title(title, fontsize=9, loc="left")
     if legend:
-        ax.legend(handles=[Patch(color=CLASS_COLORS[c], label=f"{c} {n}") for c, n in CLASS_NAMES.items()],
+        from matplotlib.lines import Line2D
+        handles = [Patch(color=CLASS_COLORS[c], label=f"{c} {n}") for c, n in CLASS_NAMES.items()]
+        if pred is not None:
+            handles.append(Line2D([], [], color="0.3", linestyle="--", label="prediction"))
+        ax.legend(handles=handles,
                   loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)

@@ -18,18 +18,27 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
-from .labels import NEW_HEADER
+from .labels import NEW_HEADER, REAL_CLASS_COUNTS
 from .rle import IMAGE_SHAPE, rle_encode
 
-__all__ = ["REAL_COUNTS", "make_synthetic_severstal", "ensure_synthetic", "ensure_data", "is_synthetic",
-           "render_strip", "assign_classes"]
+__all__ = ["REAL_COUNTS", "CONTRAST", "V4_CONTRAST", "make_synthetic_severstal", "ensure_synthetic", "ensure_data",
+           "is_synthetic", "render_strip", "assign_classes"]
 
 H, W = IMAGE_SHAPE
 MANIFEST = "synthetic.json"
-VERSION = 4  # bump when the images change, so ensure_synthetic regenerates old sets
+VERSION = 5  # bump when the images change, so ensure_synthetic regenerates old sets
+# Contrast of texture and defects (grey levels of 255 for the ink; rng.uniform ranges). Version 5 halved the fine
+# texture (streaks, grain) but not the slow shading, and darkened and widened the defects: in version 4 (V4_CONTRAST)
+# they were hidden in the texture, and a network small enough for a CPU learnt scratches only. Notebook 04 shows both.
+CONTRAST = {"shading amplitude": (0.20, 0.33), "texture amplitude": (0.10, 0.17), "pit ink": (90, 170),
+            "pit dot radius (px)": (1.2, 3.0), "crack ink": (110, 190), "crack line width (px)": (2, 3),
+            "scratch ink": (100, 170), "scratch line width (px)": (2, 3)}
+V4_CONTRAST = {"shading amplitude": (0.20, 0.33), "texture amplitude": (0.20, 0.33), "pit ink": (30, 110),
+               "pit dot radius (px)": (0.8, 2.8), "crack ink": (50, 130), "crack line width (px)": (1, 2),
+               "scratch ink": (60, 140), "scratch line width (px)": (1, 2)}
 # Real train set (12,568 images): images per class, defect-free images, images with 2+ classes, and the mean mask
 # area (% of the image) of each class where present. The generator aims at these.
-REAL_COUNTS = {"images": 12568, "per_class": {1: 897, 2: 247, 3: 5150, 4: 801}, "defect_free": 5902, "multi": 427,
+REAL_COUNTS = {"images": 12568, "per_class": REAL_CLASS_COUNTS, "defect_free": 5902, "multi": 427,
                "mean_area_pct": {1: 1.0, 2: 0.8, 3: 6.0, 4: 8.0}}
 
 
@@ -94,8 +103,8 @@ def _pits(rng, cv, faint=False):
     n = int(rng.integers(4, 25))
     pts = rng.normal((cx, cy), (rx / 2.2, ry / 2.2), (n, 2))
     ink = cv.draw["dark" if rng.random() < 0.8 else "bright"]
-    level = int(rng.uniform(10, 35) if faint else rng.uniform(30, 110))
-    for (x, y), r in zip(pts.tolist(), rng.uniform(0.8, 2.8, n).tolist()):
+    level = int(rng.uniform(10, 35) if faint else rng.uniform(*CONTRAST["pit ink"]))
+    for (x, y), r in zip(pts.tolist(), rng.uniform(*CONTRAST["pit dot radius (px)"], n).tolist()):
         ink.ellipse([x - 1.5 * r, y - r, x + 1.5 * r, y + r], fill=level)
     if not faint:
         cv.draw[1].polygon(_ellipse(rng, cx, cy, 1.25 * rx, 1.25 * ry, 8, 0.2), fill=1)
@@ -114,8 +123,9 @@ def _crack(rng, cv):
     y = ys if top else H - 1 - ys
     pts = list(zip(x.tolist(), y.tolist()))
     ink = cv.draw["dark"]
-    level = int(rng.uniform(50, 130))
-    ink.line(pts, fill=level, width=int(rng.integers(1, 3)))
+    level = int(rng.uniform(*CONTRAST["crack ink"]))
+    lo, hi = CONTRAST["crack line width (px)"]
+    ink.line(pts, fill=level, width=int(rng.integers(lo, hi + 1)))
     if rng.random() < 0.5 and len(pts) > 3:  # a short side branch
         k = int(rng.integers(1, len(pts) - 1))
         bx = pts[k][0] + np.cumsum(rng.normal(rng.choice([-3, 3]), 2, 4))
@@ -144,8 +154,9 @@ def _scratches(rng, cv, faint=False):
         a, b = np.sort(rng.integers(0, len(xs), 2))
         a, b = (a, b) if b - a >= 2 and k else (0, len(xs))  # the first line runs the whole length
         pts = list(zip(xs[a:b].tolist(), (ys[a:b] + k * spacing + rng.normal(0, 0.4)).tolist()))
-        level = int(rng.uniform(10, 40) if faint else rng.uniform(60, 140))
-        ink.line(pts, fill=level, width=int(rng.integers(1, 3)))
+        level = int(rng.uniform(10, 40) if faint else rng.uniform(*CONTRAST["scratch ink"]))
+        lo, hi = (1, 2) if faint else CONTRAST["scratch line width (px)"]
+        ink.line(pts, fill=level, width=int(rng.integers(lo, hi + 1)))
     if faint:
         return
     step = max(2, int(len(xs) / rng.uniform(3, 8)))  # coarse: a vertex every 60-270 px
@@ -186,8 +197,9 @@ def _blurred(ink, radius):
 
 def render_strip(rng, classes=()) -> tuple:
     """One synthetic strip -> (uint8 (H, W) grey image, uint8 (4, H, W) exclusive 0/1 masks)."""
-    texture = (0.6 * _noise(rng, 6, 10) + 0.5 * _noise(rng, 64, 12) + 0.35 * _noise(rng, H // 2, 80)
-               + 0.1 * rng.standard_normal((H, W), dtype=np.float32))  # (H, W): shading + streaks along x + grain
+    shading = 0.6 * _noise(rng, 6, 10)  # (H, W): slow light and dark patches
+    texture = (0.5 * _noise(rng, 64, 12) + 0.35 * _noise(rng, H // 2, 80)
+               + 0.1 * rng.standard_normal((H, W), dtype=np.float32))  # (H, W): streaks along x + grain
     band = None
     if rng.random() < 0.35:  # a black end band at the left or right, with a slightly ragged edge
         width = rng.uniform(40, 500)
@@ -208,7 +220,8 @@ def render_strip(rng, classes=()) -> tuple:
     dark, bright = _blurred(cv.inks["dark"], 0.8), _blurred(cv.inks["bright"], 0.8)
     scale_ink = _blurred(cv.inks["scale"], 5)
     blotch = np.clip(0.6 + 0.6 * _noise(rng, 48, 240), 0, 1)  # patchy inside the scale outline
-    image = rng.uniform(0.21, 0.53) + rng.uniform(0.2, 0.33) * texture - dark + bright
+    image = (rng.uniform(0.21, 0.53) + rng.uniform(*CONTRAST["shading amplitude"]) * shading
+             + rng.uniform(*CONTRAST["texture amplitude"]) * texture - dark + bright)
     image *= 1 - rng.uniform(0.45, 0.7) * scale_ink * blotch
     image = np.clip(image, 0, 1) ** rng.uniform(0.8, 1.25)
 
