@@ -5,6 +5,7 @@ For each channel space of `gmlib.graph.analyse` (a set of convs whose outputs me
 normalised scores summed. Producers lose rows, consumers lose input columns; module names and hyper-parameters stay.
 """
 import math
+import re
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -14,6 +15,7 @@ from torch import nn
 from .complexity import count
 from .criteria import CRITERIA, filter_scores, select_filters
 from .graph import analyse, split_attn_type
+from .layers import is_batch_norm
 
 __all__ = ["prune", "PruneReport", "LayerChange", "POLICIES", "shrink_module", "apply_kept", "mask_pruned"]
 
@@ -57,6 +59,8 @@ class PruneReport:
     macs_after: int | None
     warnings: list = field(default_factory=list)
     kept: dict = field(default_factory=dict)
+    coverage: float | None = None   # share of conv output channels in prunable coupling sets
+    frozen: dict = field(default_factory=dict)  # why the rest is kept: reason -> share of conv output channels
 
     @property
     def params_reduction(self) -> float:
@@ -67,6 +71,14 @@ class PruneReport:
     def macs_reduction(self) -> float:
         """Percent of multiply-accumulates removed (at `input_size`)."""
         return 100.0 * (1 - self.macs_after / self.macs_before) if self.macs_before else float("nan")
+
+    @property
+    def frozen_reason(self) -> str:
+        """One line: the largest frozen share and its reason ('' when everything was prunable)."""
+        if not self.frozen:
+            return ""
+        reason, share = max(self.frozen.items(), key=lambda kv: kv[1])
+        return f"{100 * share:.1f}% of conv output channels kept because: {reason}"
 
     def to_frame(self) -> pd.DataFrame:
         rows = [dict(name=l.name, kind=l.kind, rate=l.rate, in_before=l.in_before, in_after=l.in_after,
@@ -80,6 +92,10 @@ class PruneReport:
         s += f": params {self.params_before:,} -> {self.params_after:,} ({-self.params_reduction:+.2f}%)"
         if self.macs_before is not None:
             s += f", MACs@{self.input_size} {self.macs_before:,} -> {self.macs_after:,} ({-self.macs_reduction:+.2f}%)"
+        if self.coverage is not None:
+            s += f"; coverage {100 * self.coverage:.1f}%"
+            if self.frozen:
+                s += f" ({self.frozen_reason})"
         return s
 
     def __str__(self):
@@ -137,13 +153,13 @@ def shrink_module(m: nn.Module, out=None, in_=None) -> None:
             if m.bias is not None:
                 m.bias = _param(m.bias[out], m.bias)
             m.out_channels = len(out)
-    elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-        for k in ("weight", "bias"):
-            if getattr(m, k) is not None:
-                setattr(m, k, _param(getattr(m, k)[out], getattr(m, k)))
-        for k in ("running_mean", "running_var"):
-            if getattr(m, k) is not None:
-                setattr(m, k, getattr(m, k)[out].clone())
+    elif is_batch_norm(m):  # nn.BatchNorm*, timm's BatchNormAct2d, frozen BNs (affine kept as buffers)
+        for k in ("weight", "bias", "running_mean", "running_var"):
+            t = getattr(m, k, None)
+            if isinstance(t, nn.Parameter):
+                setattr(m, k, _param(t[out], t))
+            elif isinstance(t, torch.Tensor):
+                setattr(m, k, t[out].clone())
         m.num_features = len(out)
     elif isinstance(m, nn.GroupNorm):
         size = m.num_channels // m.num_groups
@@ -199,6 +215,8 @@ def _member_scores(graph, producer, criterion, generator):
         bn = m.bn0 if isinstance(m.bn0, nn.BatchNorm2d) else None
         s = _scores(m.conv, criterion, bn, f"{name}.conv", generator)
         return s.view(m.radix, -1).sum(0)  # channel j is rows r*C + j of every radix branch
+    if kind == "paths":  # SelectiveKernel: channel j is row j of every path conv
+        return sum(_scores(p.conv, criterion, p.bn, f"{name}.paths.{i}.conv", generator) for i, p in enumerate(m.paths))
     norm = graph.modules.get(graph.norm_after.get(name))
     return _scores(m, criterion, norm, name, generator)
 
@@ -308,30 +326,35 @@ def prune(model: nn.Module, example_inputs, rate: float, *, criterion: str = "fp
         if u.role != "conv_in" and _under(u.module, ignored):
             sp.freeze(u.layout, f"read by ignored layer {u.module!r}")
     warnings = list(graph.warnings)
-    kept_space, set_of, notes = {}, {}, {}
+    kept_space, set_of, notes, set_reason = {}, {}, {}, {}
     for i, r in enumerate(r for r in sp.roots() if sp.producers[r]):
         producers, n, unit, groups = sp.producers[r], sp.size[r], sp.unit[r], sp.groups[r]
         for p in producers:
             set_of[p[1]] = i
         reason = "; ".join(dict.fromkeys(sp.frozen[r]))
+        voters = [p for p in producers if p[0] in ("conv", "splitattn", "paths")]
+        if not reason and not voters:
+            reason = "only gate convs write it: no filter to score"
         if not reason and any(_under(p[1], ignored) for p in producers):
             reason = "ignored layer in its coupling set"
         if not reason and (n % unit or (n // unit) % groups):
             reason = f"{n} channels cannot be split into {groups} groups of whole {unit}-channel units"
             warnings.append(f"coupling set of {', '.join(p[1] for p in producers)}: {reason}; left unpruned")
+        set_reason[r] = reason
         if reason:
             for p in producers:
                 notes[p[1]] = reason
             continue
         if rate == 0:
             continue
-        scores = [_member_scores(graph, p, criterion, generator) for p in producers]
+        scores = [_member_scores(graph, p, criterion, generator) for p in voters]
         kept = _select(scores, n, unit, groups, rate, policy, round_to)
         if kept.numel() == 0:
             raise ValueError(f"rate {rate} would remove every channel of {', '.join(p[1] for p in producers)}")
         if kept.numel() < n:
             kept_space[r] = kept.cpu()
 
+    coverage, frozen = _coverage(graph, set_reason)  # before shrinking: it reads the original channel counts
     kept = _kept_indices(graph, kept_space)
     rows = _layer_rows(model, graph, kept, set_of, notes, rate)
     for name, k in kept.items():
@@ -341,7 +364,33 @@ def prune(model: nn.Module, example_inputs, rate: float, *, criterion: str = "fp
     previous = getattr(model, "_gmlib_kept", None) or {}
     model._gmlib_kept = _compose(previous, kept)
     return PruneReport(rate, criterion, policy, size, rows, before[0], after[0], before[1], after[1], warnings,
-                       {n: {d: list(v) for d, v in k.items()} for n, k in model._gmlib_kept.items()})
+                       {n: {d: list(v) for d, v in k.items()} for n, k in model._gmlib_kept.items()}, coverage, frozen)
+
+
+def _reason_key(reason):
+    """A frozen reason without its node and module names, so that reasons of the same kind add up."""
+    first = reason.split("; ")[0]
+    return re.sub(r" ?'[^']*'", "", re.sub(r" \([^()]*\)$", "", first)).strip()
+
+
+def _coverage(graph, set_reason):
+    """(share of conv output channels in prunable sets, {reason: share} for the rest); (None, {}) without convs."""
+    sp, total, prunable, frozen = graph.spaces, 0, 0, {}
+    for name, layout in graph.conv_out.items():
+        n = sum(sp.size[s] for s in layout)
+        copies = graph.modules[name].out_channels // n  # SplitAttn: radix rows per channel
+        for s in layout:
+            r = sp.find(s)
+            reason = set_reason.get(r, "; ".join(dict.fromkeys(sp.frozen[r])) or "no conv writes it")
+            c = sp.size[s] * copies
+            total += c
+            if reason:
+                frozen[_reason_key(reason)] = frozen.get(_reason_key(reason), 0) + c
+            else:
+                prunable += c
+    if not total:
+        return None, {}
+    return prunable / total, {k: v / total for k, v in sorted(frozen.items(), key=lambda kv: -kv[1])}
 
 
 def _kept_indices(graph, kept_space):
@@ -361,8 +410,17 @@ def _kept_indices(graph, kept_space):
     kept = {}
     for r, k in kept_space.items():
         for kind, name in sp.producers[r]:
-            if kind == "conv":
+            if kind in ("conv", "gate"):
                 kept.setdefault(name, {})["out"] = k
+                continue
+            if kind == "paths":
+                for i in range(len(graph.modules[name].paths)):
+                    kept.setdefault(f"{name}.paths.{i}.conv", {})["out"] = k
+                continue
+            if kind == "repeat":  # rows p*C + j for each of its out_channels // C copies (SelectiveKernel fc_select)
+                c = sp.size[r]
+                kept.setdefault(name, {})["out"] = (torch.arange(graph.modules[name].out_channels // c)[:, None] * c
+                                                    + k[None]).flatten()
                 continue
             m = graph.modules[name]
             c = m.conv.out_channels // m.radix

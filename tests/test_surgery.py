@@ -420,14 +420,26 @@ def test_bad_example_inputs():
         gmlib.prune(small(), "an image", 0.3)
 
 
-def test_untraceable_model_names_the_module():
-    class DataDependent(nn.Module):
+class DataDependent(nn.Module):
+    def forward(self, x):
+        return x if x.sum() > 0 else -x
+
+
+def test_untraceable_submodule_becomes_opaque_and_its_channels_are_kept():
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 4, 1), DataDependent(), nn.Conv2d(4, 2, 1))
+    report = gmlib.prune(model, X, 0.5)
+    assert model[0].out_channels == 4 and model[2].out_channels == 4  # the rest still prunes
+    assert any("untraceable module '3' (DataDependent)" in w for w in report.warnings)
+    assert "feeds untraceable module (DataDependent)" in report.frozen
+
+
+def test_untraceable_root_names_the_module():
+    class Root(nn.Module):
         def forward(self, x):
             return x if x.sum() > 0 else -x
 
-    model = nn.Sequential(nn.Conv2d(3, 4, 1), DataDependent(), nn.Conv2d(4, 2, 1))
-    with pytest.raises(TypeError, match=r"module 1 \(DataDependent\)"):
-        gmlib.prune(model, X, 0.3)
+    with pytest.raises(TypeError, match=r"module \(root\) \(Root\)"):
+        gmlib.prune(Root(), X, 0.3)
 
 
 def test_unknown_ignored_layer_policy_criterion_round_to():

@@ -1,0 +1,110 @@
+"""What each module and op does to channels: the tables `gmlib.graph` reads, with the reason for every entry.
+
+Pass-through: elementwise maps (activations, gates' sigmoids), pooling, resizing, dropout and padding act on each
+channel alone, so channel c out depends on channel c in only. Norms with per-channel statistics (BatchNorm, and
+timm's norm-act layers = norm then an elementwise act) shrink with the channels they read; norms whose statistics
+mix channels (LayerNorm over C, RMSNorm) and weight-standardised convs (each filter normalised over its inputs)
+change their other outputs when a channel goes, so what they touch is kept.
+"""
+import importlib
+import operator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["is_pass", "is_batch_norm", "is_group_norm", "norm_act_problem", "mixes_channels", "conv_kind", "leaf_types",
+           "PASS_FUNCTIONS", "PASS_METHODS", "BINARY", "REDUCE_METHODS"]
+
+
+def _found(module, *names):
+    """Attributes of `module`, by name (an empty tuple where the module or a name is missing)."""
+    try:
+        mod = importlib.import_module(module)
+    except ImportError:  # pragma: no cover - timm and torchvision are project dependencies
+        return ()
+    return tuple(getattr(mod, n) for n in names if hasattr(mod, n))
+
+
+def _timm(module, *names):
+    return _found(f"timm.layers.{module}", *names)
+
+
+_PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.GELU, nn.Tanh, nn.Hardswish, nn.Hardtanh, nn.Mish,
+                 nn.ELU, nn.CELU, nn.SELU, nn.Sigmoid, nn.Hardsigmoid, nn.Softplus, nn.Identity, nn.Dropout,
+                 nn.Dropout2d, nn.AlphaDropout, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
+                 nn.AdaptiveMaxPool2d, nn.Upsample, nn.UpsamplingBilinear2d, nn.UpsamplingNearest2d, nn.ZeroPad2d,
+                 nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d) \
+    + _timm("activations", "Swish", "Mish", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid", "HardMish", "GELU",
+            "GELUTanh", "QuickGELU") \
+    + _timm("drop", "DropPath", "DropBlock2d")  # identity in eval; per-sample or per-position masks in training
+
+PASS_FUNCTIONS = {F.relu, torch.relu, F.relu6, F.leaky_relu, F.gelu, F.silu, F.hardswish, F.mish, F.elu, F.celu,
+                  F.selu, F.softplus, F.hardtanh, F.hardsigmoid, torch.sigmoid, F.sigmoid, torch.tanh, torch.clamp,
+                  torch.clip, F.dropout, F.dropout2d, F.interpolate, F.max_pool2d, F.avg_pool2d,
+                  F.adaptive_avg_pool2d, F.adaptive_max_pool2d, operator.neg, torch.neg,
+                  *_found("torchvision.ops", "stochastic_depth")}  # identity in eval, per-sample in training
+PASS_METHODS = {"relu", "relu_", "contiguous", "clone", "detach", "neg", "tanh", "tanh_", "sigmoid", "sigmoid_",
+                "clamp", "clamp_", "clip", "clip_", "float", "double", "to", "type_as"}
+BINARY = {operator.add, operator.iadd, operator.sub, operator.isub, operator.mul, operator.imul, operator.truediv,
+          operator.itruediv, torch.add, torch.sub, torch.mul, torch.div, "add", "add_", "sub", "sub_", "mul", "mul_",
+          "div", "div_"}
+REDUCE_METHODS = {"mean", "sum", "amax"}
+
+_NORM_ACT = _timm("norm_act", "BatchNormAct2d", "SyncBatchNormAct", "FrozenBatchNormAct2d", "GroupNormAct",
+                  "GroupNorm1Act")
+_FROZEN_BN = _timm("norm", "FrozenBatchNorm2d") + _timm("norm_act", "FrozenBatchNormAct2d") \
+    + _found("torchvision.ops", "FrozenBatchNorm2d")
+_CHANNEL_MIXING_NORMS = (nn.LayerNorm,) + _timm("norm", "RmsNorm", "RmsNorm2d", "SimpleNorm", "SimpleNorm2d") \
+    + _timm("norm_act", "RmsNormAct", "RmsNormAct2d")
+_SAFE_CONVS = (nn.Conv2d,) + _timm("conv2d_same", "Conv2dSame")          # same maths, padding computed per call
+_STD_CONVS = _timm("std_conv", "StdConv2d", "StdConv2dSame", "ScaledStdConv2d", "ScaledStdConv2dSame")
+
+
+def is_pass(m: nn.Module) -> bool:
+    """An elementwise / per-channel module; PReLU only with one shared slope."""
+    return isinstance(m, _PASS_MODULES) or (isinstance(m, nn.PReLU) and m.num_parameters == 1)
+
+
+def is_batch_norm(m: nn.Module) -> bool:
+    """Per-channel statistics and affine (BatchNorm, frozen and sync variants, timm's BatchNormAct)."""
+    return isinstance(m, (nn.modules.batchnorm._BatchNorm,) + _FROZEN_BN)
+
+
+def is_group_norm(m: nn.Module) -> bool:
+    return isinstance(m, nn.GroupNorm)
+
+
+def norm_act_problem(m: nn.Module) -> str:
+    """'' when a norm-act layer's activation and dropout are elementwise, else why its channels are kept."""
+    if not isinstance(m, _NORM_ACT):
+        return ""
+    for part in ("act", "drop"):
+        sub = getattr(m, part, None)
+        if sub is not None and not is_pass(sub):
+            return f"norm-act layer with a {type(sub).__name__} {part}"
+    return ""
+
+
+def mixes_channels(m: nn.Module) -> str:
+    """Why a norm's statistics mix channels ('' if they do not): removing one channel changes the others."""
+    if isinstance(m, _CHANNEL_MIXING_NORMS):
+        return f"{type(m).__name__} normalises over channels"
+    return ""
+
+
+def conv_kind(m: nn.Module) -> str:
+    """'conv' (plain maths), 'std' (weight-standardised: each filter normalised over its inputs), 'custom', ''."""
+    if isinstance(m, _STD_CONVS):
+        return "std"
+    if type(m) in _SAFE_CONVS:
+        return "conv"
+    if isinstance(m, nn.Conv2d):
+        return "conv" if type(m).forward is nn.Conv2d.forward else "custom"
+    return ""
+
+
+def leaf_types() -> tuple:
+    """Modules traced as one node: norms and convs of any flavour, timm activations (rules above)."""
+    return (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.Conv2d, nn.Linear) + _FROZEN_BN + _CHANNEL_MIXING_NORMS \
+        + _PASS_MODULES

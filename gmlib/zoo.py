@@ -1,0 +1,214 @@
+"""gmlib.prune on the CNN families people use (timm, torchvision), each checked against a by-value masked reference.
+
+`FAMILIES` maps a family to its smallest stock model; `try_family` prunes one (random init, float64) and says
+whether it pruned exactly ("prunes": params cut by at least half the rate; "partial": exact, less cut; "refused":
+nothing pruned or an error, with the reason), measured by `gmlib.verify.check_exact`, which does not read the report.
+"""
+import contextlib
+import copy
+import signal
+import threading
+import warnings
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .surgery import prune
+from .verify import check_exact, fingerprint
+
+__all__ = ["FAMILIES", "create", "ZooResult", "try_family", "try_torch_pruning", "zoo_table", "EXACT_TOL"]
+
+EXACT_TOL = 1e-9  # relative, in float64: an exact surgery lands at ~1e-15, a wrong one at >= 1e-3
+
+# family: (library, model name, input side); the smallest stock variant of each, random init
+FAMILIES = {
+    "ResNet": ("timm", "resnet18", 64),
+    "ResNet-D": ("timm", "resnet26d", 64),
+    "SE-ResNet": ("timm", "seresnet18", 64),
+    "ECA-ResNet": ("timm", "ecaresnet26t", 64),
+    "GC-ResNeXt": ("timm", "gcresnext26ts", 64),
+    "ResNeSt": ("timm", "resnest14d", 64),
+    "SKNet": ("timm", "skresnet18", 64),
+    "Res2Net": ("timm", "res2net50_26w_4s", 64),
+    "RegNetX": ("timm", "regnetx_002", 64),
+    "RegNetY": ("timm", "regnety_002", 64),
+    "EfficientNet": ("timm", "efficientnet_b0", 64),
+    "EfficientNetV2": ("timm", "tf_efficientnetv2_b0", 64),
+    "MobileNetV2": ("timm", "mobilenetv2_050", 64),
+    "MobileNetV3": ("timm", "mobilenetv3_small_050", 64),
+    "MNASNet": ("timm", "mnasnet_small", 64),
+    "FBNet": ("timm", "fbnetc_100", 64),
+    "MixNet": ("timm", "mixnet_s", 64),
+    "GhostNet": ("timm", "ghostnet_050", 64),
+    "LCNet": ("timm", "lcnet_050", 64),
+    "ReXNet": ("timm", "rexnet_100", 64),
+    "DenseNet": ("timm", "densenet121", 64),
+    "DLA": ("timm", "dla34", 64),
+    "DPN": ("timm", "dpn48b", 64),
+    "HRNet": ("timm", "hrnet_w18_small", 64),
+    "CSPResNet": ("timm", "cspresnet50", 64),
+    "CSPDarkNet": ("timm", "cspdarknet53", 64),
+    "VoVNet": ("timm", "ese_vovnet19b_dw", 64),
+    "ConvNeXt": ("timm", "convnext_atto", 64),
+    "RepVGG": ("timm", "repvgg_a0", 64),
+    "SelecSLS": ("timm", "selecsls42b", 64),
+    "GENet": ("timm", "gernet_s", 64),
+    "ResNetV2": ("timm", "resnetv2_18", 64),
+    "Xception": ("timm", "legacy_xception", 64),
+    "VGG": ("timm", "vgg11", 64),
+    "NF-ResNet": ("timm", "nf_resnet26", 64),
+    "Inception": ("timm", "inception_v3", 96),
+    "MobileNetV3 (tv)": ("torchvision", "mobilenet_v3_small", 64),
+    "EfficientNet (tv)": ("torchvision", "efficientnet_b0", 64),
+    "DenseNet (tv)": ("torchvision", "densenet121", 64),
+    "ShuffleNetV2 (tv)": ("torchvision", "shufflenet_v2_x0_5", 64),
+    "SqueezeNet (tv)": ("torchvision", "squeezenet1_1", 64),
+    "GoogLeNet (tv)": ("torchvision", "googlenet", 64),
+}
+
+
+def create(family: str, num_classes: int = 10, dtype=torch.float64) -> nn.Module:
+    """The family's model (random init, eval mode, `dtype`); `family` is a FAMILIES key or a timm model name."""
+    library, name, _ = FAMILIES.get(family, ("timm", family, 64))
+    if library == "timm":
+        import timm
+        model = timm.create_model(name, pretrained=False, num_classes=num_classes)
+    else:
+        import torchvision
+        kwargs = {"aux_logits": False, "init_weights": True} if name == "googlenet" else {}
+        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
+    return model.to(dtype).eval()
+
+
+@dataclass
+class ZooResult:
+    """One family pruned at one rate: what was cut, how much of the net could be, and whether it is exact."""
+    family: str
+    model: str
+    rate: float
+    policy: str
+    params_cut: float        # percent
+    macs_cut: float          # percent (nan when MACs were not counted)
+    coverage: float          # percent of conv output channels in prunable sets
+    error: float             # relative difference to the masked reference (nan when refused)
+    status: str              # prunes | partial | refused | WRONG
+    reason: str              # the largest frozen share's reason, or the error that refused it
+
+    def as_dict(self):
+        return dict(self.__dict__)
+
+
+def _error(original, pruned, x):
+    """(relative error, why) with why '' when exact; (inf, why) when the pruned model does not run or is not a
+    sub-network by value."""
+    try:
+        error = check_exact(original, pruned, x)
+        return error, "" if error <= EXACT_TOL else f"differs from the masked original by {error:.1e} (relative)"
+    except Exception as e:  # noqa: BLE001 - a pruned model that breaks is a wrong result, not a crash of the zoo
+        return float("inf"), f"{type(e).__name__}: {str(e)[:160]}"
+
+
+def _status(error, params_cut, rate):
+    if error > EXACT_TOL:
+        return "WRONG"
+    if params_cut <= 0:
+        return "refused"
+    return "prunes" if params_cut >= 50 * rate else "partial"
+
+
+def _setup(family, seed):
+    """(model name, fingerprinted float64 original, example input)."""
+    library, name, side = FAMILIES.get(family, ("timm", family, 64))
+    x = torch.randn(1, 3, side, side, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    return name, fingerprint(create(family), seed), x
+
+
+def try_family(family: str, rate: float, policy: str = "or-merge", count_macs: bool = True, seed: int = 0,
+               setup=None) -> ZooResult:
+    """Prune the family's model at `rate` (FPGM) and check it against the masked reference by value, in float64.
+
+    `setup` reuses a (name, original, x) from an earlier call on the same family (the original is not modified).
+    """
+    name, original, x = setup or _setup(family, seed)
+    model = copy.deepcopy(original)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            report = prune(model, x, rate, policy=policy, count_macs=count_macs)
+    except (TypeError, ValueError) as e:
+        return ZooResult(family, name, rate, policy, 0.0, float("nan"), 0.0, float("nan"), "refused", str(e))
+    error, why = _error(original, model, x)
+    params_cut = report.params_reduction
+    macs_cut = report.macs_reduction if count_macs else float("nan")
+    status = _status(error, params_cut, rate)
+    if not why and not report.frozen_reason and status == "partial" and policy == "or-merge":
+        why = "or-merge keeps a channel that any conv sharing it keeps (residual streams); coupled cuts them"
+    return ZooResult(family, name, rate, policy, params_cut, macs_cut, 100 * (report.coverage or 0.0), error,
+                     status, why or report.frozen_reason)
+
+
+def zoo_table(families, rate: float, policies=("or-merge", "coupled"), torch_pruning: bool = False,
+              timeout_s: float = 30.0, seed: int = 0) -> pd.DataFrame:
+    """One row per family and method (gmlib's policies, then Torch-Pruning if asked), as a DataFrame."""
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown:
+        raise ValueError(f"unknown families {unknown}; choose from gmlib.zoo.FAMILIES")
+    rows = []
+    for family in tqdm(families, desc=f"zoo at rate {rate}", mininterval=5):
+        setup = _setup(family, seed)
+        rows += [try_family(family, rate, p, seed=seed, setup=setup).as_dict() for p in policies]
+        if torch_pruning:
+            rows.append(try_torch_pruning(family, rate, seed=seed, timeout_s=timeout_s, setup=setup).as_dict())
+    return pd.DataFrame(rows)
+
+
+class _Timeout(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _time_limit(seconds):
+    """Raise _Timeout in the main thread after `seconds` (SIGALRM; no limit where signals are unavailable)."""
+    if not seconds or not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum, frame):
+        raise _Timeout(f"gave up after {seconds:g} s")
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def try_torch_pruning(family: str, rate: float, seed: int = 0, timeout_s: float = 30.0, setup=None) -> ZooResult:
+    """The same with Torch-Pruning (FPGMImportance, its README's MetaPruner, classifier kept), checked the same way.
+
+    Needs `torch-pruning`. A crash, or no result within `timeout_s`, is "refused" with the reason; a result that
+    differs from the masked original by more than EXACT_TOL is "WRONG".
+    """
+    import torch_pruning as tp
+    name, original, x = setup or _setup(family, seed)
+    model = copy.deepcopy(original)
+    before = sum(p.numel() for p in model.parameters())
+    try:
+        with warnings.catch_warnings(), _time_limit(timeout_s):
+            warnings.simplefilter("ignore")
+            heads = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == 10]
+            heads += [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.out_channels == 10]
+            pruner = tp.pruner.MetaPruner(model, x, importance=tp.importance.FPGMImportance(), pruning_ratio=rate,
+                                          ignored_layers=heads)
+            pruner.step()
+    except Exception as e:  # noqa: BLE001 - any crash of the other tool is a result here
+        return ZooResult(family, name, rate, "torch-pruning", 0.0, float("nan"), float("nan"), float("nan"),
+                         "refused", f"{type(e).__name__}: {str(e)[:120]}")
+    error, why = _error(original, model, x)
+    params_cut = 100 * (1 - sum(p.numel() for p in model.parameters()) / before)
+    return ZooResult(family, name, rate, "torch-pruning", params_cut, float("nan"), float("nan"), error,
+                     _status(error, params_cut, rate), why)
