@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e '.[test]'
+	$(PY) -m pip install -e '.[test,deploy]'
 	touch $(STAMP)
 
 reproduce: $(STAMP)
@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(PY) -m pip install -e '.[bench]'
 	$(PY) benchmarks/bench_median.py
 	$(PY) benchmarks/bench_prune.py
+	$(PY) benchmarks/bench_zoo.py
 
 clean:
 	rm -rf results .pytest_cache .hypothesis

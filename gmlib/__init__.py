@@ -1,7 +1,8 @@
 """gmlib: geometric-median filter pruning (FPGM) that works on real segmentation networks.
 
-Dependency direction: median -> criteria -> graph -> surgery -> persist -> schedule (the prune -> fine-tune ->
-evaluate loop); data, models, metrics, train beside them; study (the chapters' shared set-up) on top.
+Dependency direction: median -> criteria -> layers -> graph -> surgery -> persist -> schedule (the prune -> fine-tune
+-> evaluate loop); verify (a by-value check of any pruning) and zoo (the CNN families of chapter 09) on surgery;
+data, models, metrics, train beside them; study (the chapters' shared set-up) on top.
 """
 import warnings
 
@@ -16,7 +17,7 @@ from .surgery import prune, PruneReport
 from .persist import save_pruned, load_pruned
 from .schedule import one_shot, iterative
 from .utils import set_deterministic, default_device, environment
-from . import models, data, metrics, train
+from . import models, data, metrics, train, verify, zoo, export, distributed
 from .study import Study
 
 __all__ = [
@@ -25,6 +26,6 @@ __all__ = [
     "count", "prune", "PruneReport", "save_pruned", "load_pruned",
     "one_shot", "iterative", "Study",
     "set_deterministic", "default_device", "environment",
-    "models", "data", "metrics", "train",
+    "models", "data", "metrics", "train", "verify", "zoo", "export", "distributed",
 ]
 __version__ = "0.1.0"

@@ -18,11 +18,24 @@ from tqdm.auto import tqdm
 from . import metrics
 from .utils import atomic_open, default_device
 
-__all__ = ["bce_dice_loss", "soft_dice", "fit", "evaluate", "predict", "padded_forward", "save_checkpoint",
+__all__ = ["bce_dice_loss", "soft_dice", "class_sums", "dice_from_sums", "fit", "evaluate", "predict", "padded_forward", "save_checkpoint",
            "MONITORS"]
 
 # Validation numbers `fit` can select the best epoch by.
 MONITORS = ("dice_kaggle", "dice_positive")
+
+
+def class_sums(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(3, C): per class Σ p y, Σ p, Σ y over batch and pixels, p = sigmoid(logits): what soft Dice is made of
+    (sums, so a data-parallel run can add them over ranks)."""
+    probs = torch.sigmoid(logits).flatten(2).transpose(0, 1).flatten(1)  # (C, N*H*W)
+    target = target.flatten(2).transpose(0, 1).flatten(1).to(probs.dtype)  # (C, N*H*W)
+    return torch.stack([(probs * target).sum(1), probs.sum(1), target.sum(1)])
+
+
+def dice_from_sums(sums: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """(C,) soft Dice (2 Σ p y + s) / (Σ p + Σ y + s) from `class_sums`."""
+    return (2 * sums[0] + smooth) / (sums[1] + sums[2] + smooth)
 
 
 def soft_dice(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
@@ -30,10 +43,7 @@ def soft_dice(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -
 
     Returns a (C,) tensor; a class absent from target and prediction scores 1 (the `smooth` term).
     """
-    probs = torch.sigmoid(logits).flatten(2).transpose(0, 1).flatten(1)  # (C, N*H*W)
-    target = target.flatten(2).transpose(0, 1).flatten(1).to(probs.dtype)  # (C, N*H*W)
-    intersection = (probs * target).sum(1)
-    return (2 * intersection + smooth) / (probs.sum(1) + target.sum(1) + smooth)
+    return dice_from_sums(class_sums(logits, target), smooth)
 
 
 def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, bce_weight: float = 1.0,

@@ -1,4 +1,5 @@
-"""environment.yml and pyproject.toml must name the same dependencies with the same pins."""
+"""environment.yml and pyproject.toml (dependencies, test and deploy extras) must name the same dependencies with the
+same pins."""
 import re
 import tomllib
 from pathlib import Path
@@ -14,7 +15,7 @@ def _name(req):
 
 def _pyproject():
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    reqs = meta["dependencies"] + meta["optional-dependencies"]["test"]
+    reqs = meta["dependencies"] + meta["optional-dependencies"]["test"] + meta["optional-dependencies"]["deploy"]
     return {_name(r): r.replace(" ", "") for r in reqs}
 
 

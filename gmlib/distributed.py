@@ -1,0 +1,176 @@
+"""Fine-tuning on several processes with DistributedDataParallel: `torchrun --nproc_per_node N -m gmlib.distributed`.
+
+Each of the W ranks takes B / W samples of every global batch of B (a DistributedSampler: the k-th local batches
+together are the k-th batch of one process reading the same permutation). DDP averages gradients, so a loss that is
+a mean over samples needs nothing more; the soft-Dice term is not (its sums run over the whole batch), so
+`global_bce_dice_loss` adds its per-class sums over ranks and back-propagates the global Dice through a local
+surrogate. With frozen BatchNorm statistics (or SyncBatchNorm, GPUs only) a W-rank run then follows the
+one-process run with the same global batch up to float rounding. NCCL on GPUs, gloo on CPU; rank 0 writes.
+"""
+import argparse
+import math
+import os
+import time
+
+import pandas as pd
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm.auto import tqdm
+
+from . import data, models
+from .persist import load_pruned, save_pruned
+from .train import class_sums, dice_from_sums, padded_forward
+
+__all__ = ["global_bce_dice_loss", "finetune", "load_any", "main"]
+
+
+def _world():
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+
+
+def global_bce_dice_loss(logits, target, pos_weight=None):
+    """`train.bce_dice_loss` of the global batch, from this rank's share of it.
+
+    Value: local BCE + the global batch's Dice term. Gradient, once DDP has averaged it over the W ranks: that of
+    the one-process loss (BCE is a mean over equal shares; the Dice term goes through W * g . s_local, with g its
+    gradient at the summed class sums).
+    """
+    rank, world = _world()
+    target = target.to(logits.dtype)
+    if pos_weight is not None:
+        pos_weight = torch.as_tensor(pos_weight, dtype=logits.dtype, device=logits.device)
+        pos_weight = pos_weight.view(-1, 1, 1) if pos_weight.dim() == 1 else pos_weight
+    bce = F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight)
+    local = class_sums(logits, target)  # (3, C)
+    total = local.detach().clone()
+    if world > 1:
+        dist.all_reduce(total)
+    total.requires_grad_(True)
+    with torch.enable_grad():
+        dice = ((1 - dice_from_sums(total)) * (total[2] > 0)).mean()
+        (g,) = torch.autograd.grad(dice, total)
+    surrogate = world * (g * local).sum()
+    return bce + surrogate - surrogate.detach() + dice.detach()
+
+
+def load_any(path) -> nn.Module:
+    """A network from `save_pruned` (pruned or not) or from `train.save_checkpoint` (a state_dict with its arch)."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if "manifest" in blob:
+        return load_pruned(path)
+    if "state_dict" in blob and blob.get("arch") in models.NAMES:
+        model = models.create(blob["arch"])
+        model.load_state_dict(blob["state_dict"])
+        return model
+    raise ValueError(f"{path}: neither a save_pruned file nor a training checkpoint with a known arch")
+
+
+def _freeze_norms(model):
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def finetune(model: nn.Module, dataset, *, steps: int, batch_size: int, lr: float, weight_decay: float = 1e-4,
+             seed: int = 0, pos_weight=None, freeze_bn: bool = False, device=None, progress: bool = True):
+    """Fine-tune `model` in place for `steps` global batches of `batch_size`, on every rank of the process group
+    (or alone without one): AdamW, per-step cosine lr, `global_bce_dice_loss`. Returns (model, history).
+
+    `freeze_bn` keeps BatchNorm statistics fixed (their affine still trains); otherwise on GPUs with W > 1 the norms
+    become SyncBatchNorm, and on CPU each rank normalises by its own share (the usual DDP behaviour).
+    """
+    rank, world = _world()
+    if batch_size % world:
+        raise ValueError(f"batch_size {batch_size} must be a multiple of the {world} processes")
+    if len(dataset) < batch_size:
+        raise ValueError(f"the dataset has {len(dataset)} samples, fewer than one batch of {batch_size}")
+    if device is None:
+        device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    if world > 1 and device.type == "cuda" and not freeze_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
+        if world > 1 else model
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
+    loader = DataLoader(dataset, batch_size=batch_size // world, sampler=sampler, drop_last=True, num_workers=0)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    history, step, epoch = [], 0, 0
+    bar = tqdm(total=steps, desc=f"fine-tune ({world} process{'es' if world > 1 else ''})",
+               disable=not progress or rank != 0)
+    start = time.perf_counter()
+    while step < steps:
+        sampler.set_epoch(epoch)
+        for images, masks in loader:
+            net.train()
+            if freeze_bn:
+                _freeze_norms(net)
+            loss = global_bce_dice_loss(padded_forward(net, images.to(device)), masks.to(device), pos_weight)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            value = loss.detach().clone()
+            if world > 1:  # the global batch's loss: local BCE averaged, Dice already global
+                dist.all_reduce(value)
+                value /= world
+            history.append({"step": step + 1, "lr": scheduler.get_last_lr()[0], "loss": float(value)})
+            step += 1
+            bar.update()
+            if step == steps:
+                break
+        epoch += 1
+    bar.close()
+    history = pd.DataFrame(history).assign(seconds=time.perf_counter() - start)
+    return (net.module if world > 1 else net), history
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", required=True, help="save_pruned file or training checkpoint to start from")
+    ap.add_argument("--out", required=True, help="where rank 0 writes the fine-tuned network (save_pruned format)")
+    ap.add_argument("--data-dir", required=True, help="Severstal layout: train_images/ + train.csv")
+    ap.add_argument("--profile", default="quick", choices=["quick", "paper"], help="scale, crop and split from it")
+    ap.add_argument("--steps", type=int, required=True)
+    ap.add_argument("--batch-size", type=int, required=True, help="global batch, split over the processes")
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--pos-weight", type=float, default=5.0)
+    ap.add_argument("--freeze-bn", action="store_true", help="keep BatchNorm statistics fixed")
+    ap.add_argument("--no-augment", action="store_true",
+                    help="whole downscaled strips, no random crop or flip (deterministic: same data on any W)")
+    args = ap.parse_args(argv)
+    from .study import PROFILES
+    cfg = PROFILES[args.profile][0]
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if "RANK" in os.environ and not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group(backend)
+    rank, world = _world()
+    try:
+        torch.manual_seed(args.seed)
+        train_ids, _ = data.SeverstalDataset(args.data_dir).split(cfg.val_fraction, cfg.data_seed)
+        augment = {} if args.no_augment else dict(crop=cfg.crop, flip=True,
+                                                  generator=torch.Generator().manual_seed(args.seed + rank))
+        dataset = data.SeverstalDataset(args.data_dir, train_ids, scale=cfg.scale, **augment)
+        model, history = finetune(load_any(args.checkpoint), dataset, steps=args.steps, batch_size=args.batch_size,
+                                  lr=args.lr, seed=args.seed, pos_weight=args.pos_weight, freeze_bn=args.freeze_bn)
+        if rank == 0:
+            save_pruned(model.cpu(), args.out, metadata={"finetune": {**vars(args), "world_size": world,
+                                                                      "final_loss": float(history.loss.iloc[-1])}})
+            print(f"{world} process(es), {args.steps} steps of {args.batch_size}: loss "
+                  f"{history.loss.iloc[0]:.4f} -> {history.loss.iloc[-1]:.4f}; wrote {args.out}")
+        if world > 1:
+            dist.barrier()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Deployment: a (pruned) network exported to ONNX and run by ONNX Runtime, checked against PyTorch.
+
+`to_onnx` writes the model in eval mode with a dynamic batch, height and width (input "image", output "logits") and
+checks the file with onnx.checker; `session` opens it in ONNX Runtime; `max_relative_error` compares the two on an
+input. Needs the `deploy` extra (onnx, onnxruntime; onnxscript for the dynamo exporter).
+"""
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["to_onnx", "session", "max_relative_error", "EXPORTERS"]
+
+EXPORTERS = ("torchscript", "dynamo")  # torch.onnx's two paths: fast (TorchScript trace) and torch.export-based
+
+
+def _need(module):
+    try:
+        return __import__(module)
+    except ImportError as e:
+        raise ImportError(f"gmlib.export needs {module}: pip install -e '.[deploy]'") from e
+
+
+def to_onnx(model: nn.Module, path, example_input: torch.Tensor, *, dynamic: bool = True, opset: int = 18,
+            exporter: str = "torchscript") -> Path:
+    """Export `model` (eval mode, on the example's device and dtype) to `path`, atomically; returns the path.
+
+    With `dynamic`, batch, height and width are free (the example fixes only the channels). Raises TypeError for
+    bad arguments and RuntimeError naming the model when torch.onnx cannot export it or the checker rejects it.
+    """
+    onnx = _need("onnx")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(example_input, torch.Tensor) or example_input.dim() != 4:
+        raise TypeError(f"example_input must be an (N, C, H, W) tensor, got "
+                        f"{getattr(example_input, 'shape', type(example_input).__name__)}")
+    if exporter not in EXPORTERS:
+        raise ValueError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"folder {path.parent} does not exist")
+    kwargs = {}
+    if dynamic and exporter == "torchscript":
+        kwargs["dynamic_axes"] = {"image": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch", 2: "height",
+                                                                                            3: "width"}}
+    elif dynamic:
+        _need("onnxscript")
+        kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch"), 2: torch.export.Dim.AUTO,
+                                     3: torch.export.Dim.AUTO},)
+    was_training = model.training
+    model.eval()
+    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
+    os.close(fd)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # the TorchScript path announces its deprecation on every call
+            torch.onnx.export(model, (example_input,), tmp, input_names=["image"], output_names=["logits"],
+                              opset_version=opset, dynamo=exporter == "dynamo", **kwargs)
+        onnx.checker.check_model(onnx.load(tmp), full_check=True)
+        os.replace(tmp, path)
+    except Exception as e:
+        raise RuntimeError(f"cannot export {type(model).__name__} to ONNX ({exporter}): "
+                           f"{type(e).__name__}: {str(e)[:300]}") from e
+    finally:
+        model.train(was_training)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def session(path, threads: int | None = None, optimization: str = "all"):
+    """An ONNX Runtime CPU session for `path`; `optimization` in disable / basic / extended / all."""
+    ort = _need("onnxruntime")
+    levels = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+              "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+              "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+    if optimization not in levels:
+        raise ValueError(f"unknown optimization {optimization!r}; choose one of {', '.join(levels)}")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no ONNX file at {path}")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = levels[optimization]
+    if threads:
+        options.intra_op_num_threads = options.inter_op_num_threads = int(threads)
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+@torch.no_grad()
+def max_relative_error(model: nn.Module, sess, x: torch.Tensor) -> float:
+    """max |ORT(x) - model(x)| / max |model(x)|, with the model in eval mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        ref = model(x).float().cpu().numpy()
+    finally:
+        model.train(was_training)
+    out = sess.run(None, {sess.get_inputs()[0].name: x.cpu().numpy()})[0]
+    if out.shape != ref.shape:
+        raise ValueError(f"ONNX Runtime output {out.shape} differs in shape from PyTorch's {ref.shape}")
+    return float(np.abs(out - ref).max() / max(np.abs(ref).max(), 1e-30))
