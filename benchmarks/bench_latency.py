@@ -51,7 +51,8 @@ def main():
     ap.add_argument("--archs", nargs="+", default=["fpn_resnest50", "resnet50"])
     ap.add_argument("--policies", nargs="+", default=list(gmlib.surgery.POLICIES))
     ap.add_argument("--rates", nargs="+", type=float, default=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
-    ap.add_argument("--runtimes", nargs="+", default=["eager", "ort"], choices=["eager", "ort"])
+    ap.add_argument("--runtimes", nargs="+", default=["eager", "ort"], choices=["eager", "ort", "ort-int8"],
+                    help="ort-int8: static int8 copy calibrated on 4 random batches (error vs float in 'int8 err')")
     ap.add_argument("--rounds", type=int, default=5, help="timed rounds (medians reported)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--round-to", type=int, default=1, help="keep channel counts multiples of this")
@@ -63,16 +64,22 @@ def main():
     xe = x.to(memory_format=torch.channels_last) if args.channels_last else x
     models = variants(args.archs, args.policies, args.rates, args.input, args.round_to, args.channels_last)
 
-    runners = {}
+    runners, int8_error = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for key, (model, _, _) in models.items():
             if "eager" in args.runtimes:
                 runners[key + ("eager",)] = lambda m=model: m(xe)
-            if "ort" in args.runtimes:
+            if "ort" in args.runtimes or "ort-int8" in args.runtimes:
                 path = export.to_onnx(model, Path(tmp) / f"{len(runners)}.onnx", x[:1])
-                sess = export.session(path, threads=args.threads, optimization=args.ort_optimization)
-                feed = {sess.get_inputs()[0].name: x.numpy()}
-                runners[key + ("ort",)] = lambda s=sess, f=feed: s.run(None, f)
+                feed = {"image": x.numpy()}
+                if "ort" in args.runtimes:
+                    sess = export.session(path, threads=args.threads, optimization=args.ort_optimization)
+                    runners[key + ("ort",)] = lambda s=sess, f=feed: s.run(None, f)
+                if "ort-int8" in args.runtimes:
+                    q = export.quantize_int8(path, path.with_suffix(".int8.onnx"), [torch.randn_like(x) for _ in range(4)])
+                    sess = export.session(q, threads=args.threads, optimization=args.ort_optimization)
+                    int8_error[key] = export.max_relative_error(model, sess, x)
+                    runners[key + ("ort-int8",)] = lambda s=sess, f=feed: s.run(None, f)
         times = {k: [] for k in runners}
         with torch.inference_mode():
             for r in tqdm(range(-1, args.rounds), desc="rounds"):
@@ -88,9 +95,14 @@ def main():
         _, params0, macs0 = models[(arch, "—", 0.0)]
         latency, latency0 = statistics.median(t), statistics.median(times[(arch, "—", 0.0, runtime)])
         rows.append(dict(network=arch, runtime=runtime, policy=policy, rate=rate, params_M=params / 1e6,
-                         GMACs=macs / 1e9, ms=1e3 * latency, ideal=macs0 / macs, realised=latency0 / latency))
+                         GMACs=macs / 1e9, ms=1e3 * latency, ideal=macs0 / macs, realised=latency0 / latency,
+                         **({"int8 err": int8_error[(arch, policy, rate)]} if runtime == "ort-int8" else {})))
     df = pd.DataFrame(rows)
     df["realised/ideal"] = df.realised / df.ideal
+    fp32 = {k[:3]: statistics.median(v) for k, v in times.items() if k[3] == "ort"}
+    if fp32 and "ort-int8" in args.runtimes:  # int8 against float ORT on the same network
+        df["vs ort fp32"] = [fp32[(r.network, r.policy, r.rate)] / (r.ms / 1e3) if r.runtime == "ort-int8" else None
+                             for r in df.itertuples()]
     print(f"input {'x'.join(map(str, args.input))}, {args.threads} threads, median of {args.rounds} interleaved "
           f"rounds, round_to={args.round_to}, channels_last={args.channels_last}, ORT {args.ort_optimization}")
     with pd.option_context("display.width", 200, "display.max_rows", 500):

@@ -2,8 +2,10 @@
 
 `to_onnx` writes the model in eval mode with a dynamic batch, height and width (input "image", output "logits") and
 checks the file with onnx.checker; `session` opens it in ONNX Runtime; `max_relative_error` compares the two on an
-input. Needs the `deploy` extra (onnx, onnxruntime; onnxscript for the dynamo exporter).
+input; `quantize_int8` makes a calibrated int8 copy. Needs the `deploy` extra (onnx, onnxruntime; onnxscript for the dynamo exporter).
 """
+import importlib
+import logging
 import os
 import tempfile
 import warnings
@@ -13,14 +15,14 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["to_onnx", "session", "max_relative_error", "EXPORTERS"]
+__all__ = ["to_onnx", "quantize_int8", "session", "max_relative_error", "EXPORTERS"]
 
 EXPORTERS = ("torchscript", "dynamo")  # torch.onnx's two paths: fast (TorchScript trace) and torch.export-based
 
 
 def _need(module):
     try:
-        return __import__(module)
+        return importlib.import_module(module)
     except ImportError as e:
         raise ImportError(f"gmlib.export needs {module}: pip install -e '.[deploy]'") from e
 
@@ -70,6 +72,42 @@ def to_onnx(model: nn.Module, path, example_input: torch.Tensor, *, dynamic: boo
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def quantize_int8(path, out, calibration) -> Path:
+    """Static int8 quantisation of the ONNX file `path` into `out` (ONNX Runtime, QDQ format): int8 weights per
+    output channel, uint8 activations with ranges calibrated on `calibration`, an iterable of (N, C, H, W) batches
+    (e.g. a few validation strips). Returns `out`; nothing is written there on failure."""
+    _need("onnx")
+    ort_quant = _need("onnxruntime.quantization")
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    path, out = Path(path), Path(out)
+    if not path.is_file():
+        raise FileNotFoundError(f"no ONNX file at {path}")
+    batches = [b.detach().cpu().numpy() if isinstance(b, torch.Tensor) else np.asarray(b) for b in calibration]
+    if not batches or any(b.ndim != 4 for b in batches):
+        raise ValueError("calibration must hold at least one (N, C, H, W) batch")
+
+    class Reader(ort_quant.CalibrationDataReader):
+        def __init__(self):
+            self.feeds = iter({"image": b.astype(np.float32)} for b in batches)
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        pre, q = Path(tmp) / "pre.onnx", Path(tmp) / "q.onnx"
+        level = logging.getLogger().level
+        logging.getLogger().setLevel(logging.ERROR)  # per-tensor notes from the quantiser
+        try:
+            quant_pre_process(str(path), str(pre), skip_symbolic_shape=True)
+            ort_quant.quantize_static(str(pre), str(q), Reader(), quant_format=ort_quant.QuantFormat.QDQ,
+                                      per_channel=True, activation_type=ort_quant.QuantType.QUInt8,
+                                      weight_type=ort_quant.QuantType.QInt8)
+        finally:
+            logging.getLogger().setLevel(level)
+        os.replace(q, out)
+    return out
 
 
 def session(path, threads: int | None = None, optimization: str = "all"):

@@ -35,6 +35,20 @@ def test_a_pruned_network_reloaded_with_load_pruned_exports(exporter, tmp_path):
     assert path.stat().st_size < 0.8 * full.stat().st_size
 
 
+def test_int8_copy_is_smaller_and_close(tmp_path):
+    model = gmlib.models.create("fpn_resnest14d", seed=0).eval()
+    gmlib.prune(model, X, 0.4)
+    path = export.to_onnx(model, tmp_path / "f.onnx", X)
+    strips = [torch.randn(1, 3, 64, 128) for _ in range(4)]
+    q = export.quantize_int8(path, tmp_path / "q.onnx", strips)
+    assert q.stat().st_size < 0.35 * path.stat().st_size  # int8 weights: about a quarter
+    error = export.max_relative_error(model, export.session(q), strips[0])
+    assert 1e-4 < error < 0.2  # quantised: no longer float-exact, but close
+    with pytest.raises(ValueError, match="calibration"):
+        export.quantize_int8(path, tmp_path / "q2.onnx", [])
+    assert not (tmp_path / "q2.onnx").exists()
+
+
 def test_fixed_shape_export_refuses_another_shape(tmp_path):
     model = gmlib.models.create("resnet50", seed=0).eval()
     sess = export.session(export.to_onnx(model, tmp_path / "fixed.onnx", X, dynamic=False))
