@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: reproduce test unit nbval bench notebooks clean
+.PHONY: reproduce test unit nbval bench notebooks lab clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ nbval: $(STAMP)
 # Re-execute the committed notebooks in place (quick profile) so their stored outputs match the code.
 notebooks: $(STAMP)
 	$(PY) scripts/refresh_notebooks.py
+
+# Open the chapters in JupyterLab with the project's environment (kernel "Python (gmlib)").
+lab: $(STAMP)
+	$(PY) -m ipykernel install --sys-prefix --name gmlib --display-name "Python (gmlib)"
+	$(VENV)/bin/jupyter lab notebooks/
 
 bench: $(STAMP)
 	$(PY) -m pip install -e '.[bench]'
