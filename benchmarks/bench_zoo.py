@@ -11,7 +11,6 @@ import time
 import warnings
 
 import torch
-from torch import nn
 
 import gmlib
 from gmlib import zoo
@@ -24,19 +23,11 @@ def gmlib_step(model, x, rate):
     gmlib.prune(model, x, rate, count_macs=False)
 
 
-def torch_pruning_step(model, x, rate):
-    import torch_pruning as tp
-    heads = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))
-             and getattr(m, "out_features", getattr(m, "out_channels", 0)) == 10]
-    tp.pruner.MetaPruner(model, x, importance=tp.importance.FPGMImportance(), pruning_ratio=rate,
-                         ignored_layers=heads).step()
-
-
 def time_family(family, rate, repeats):
     """{tool: median seconds}, median per-round ratio gmlib / Torch-Pruning."""
     side = zoo.FAMILIES[family][2]
     x = torch.randn(1, 3, side, side)
-    steps = {"gmlib": gmlib_step, "tp": torch_pruning_step}
+    steps = {"gmlib": gmlib_step, "tp": zoo.torch_pruning_step}
     times = {name: [] for name in steps}
     for r in range(-1, repeats):
         for name, step in steps.items():

@@ -8,14 +8,12 @@ surrogate. With frozen BatchNorm statistics (or SyncBatchNorm, GPUs only) a W-ra
 one-process run with the same global batch up to float rounding. NCCL on GPUs, gloo on CPU; rank 0 writes.
 """
 import argparse
-import math
 import os
 import time
 
 import pandas as pd
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
@@ -23,7 +21,8 @@ from tqdm.auto import tqdm
 
 from . import data, models
 from .persist import load_pruned, save_pruned
-from .train import class_sums, dice_from_sums, padded_forward
+from .layers import is_batch_norm
+from .train import class_sums, dice_term, padded_forward, weighted_bce
 
 __all__ = ["global_bce_dice_loss", "finetune", "load_any", "main"]
 
@@ -40,18 +39,14 @@ def global_bce_dice_loss(logits, target, pos_weight=None):
     gradient at the summed class sums).
     """
     rank, world = _world()
-    target = target.to(logits.dtype)
-    if pos_weight is not None:
-        pos_weight = torch.as_tensor(pos_weight, dtype=logits.dtype, device=logits.device)
-        pos_weight = pos_weight.view(-1, 1, 1) if pos_weight.dim() == 1 else pos_weight
-    bce = F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight)
+    bce = weighted_bce(logits, target, pos_weight)
     local = class_sums(logits, target)  # (3, C)
     total = local.detach().clone()
     if world > 1:
         dist.all_reduce(total)
     total.requires_grad_(True)
     with torch.enable_grad():
-        dice = ((1 - dice_from_sums(total)) * (total[2] > 0)).mean()
+        dice = dice_term(total)
         (g,) = torch.autograd.grad(dice, total)
     surrogate = world * (g * local).sum()
     return bce + surrogate - surrogate.detach() + dice.detach()
@@ -71,7 +66,7 @@ def load_any(path) -> nn.Module:
 
 def _freeze_norms(model):
     for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        if is_batch_norm(m):
             m.eval()
 
 

@@ -18,8 +18,8 @@ from tqdm.auto import tqdm
 from . import metrics
 from .utils import atomic_open, default_device
 
-__all__ = ["bce_dice_loss", "soft_dice", "class_sums", "dice_from_sums", "fit", "evaluate", "predict", "padded_forward", "save_checkpoint",
-           "MONITORS"]
+__all__ = ["bce_dice_loss", "weighted_bce", "soft_dice", "class_sums", "dice_from_sums", "dice_term", "fit", "evaluate",
+           "predict", "padded_forward", "save_checkpoint", "MONITORS"]
 
 # Validation numbers `fit` can select the best epoch by.
 MONITORS = ("dice_kaggle", "dice_positive")
@@ -46,6 +46,21 @@ def soft_dice(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -
     return dice_from_sums(class_sums(logits, target), smooth)
 
 
+def weighted_bce(logits: torch.Tensor, target: torch.Tensor, pos_weight=None) -> torch.Tensor:
+    """Mean BCE-with-logits; `pos_weight` (a number or one per class) multiplies the BCE of defect pixels."""
+    target = target.to(logits.dtype)
+    if pos_weight is not None:
+        pos_weight = torch.as_tensor(pos_weight, dtype=logits.dtype, device=logits.device)
+        if pos_weight.dim() == 1:  # one per class: broadcast over (N, C, H, W)
+            pos_weight = pos_weight.view(-1, *([1] * (logits.dim() - 2)))
+    return F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight)
+
+
+def dice_term(sums: torch.Tensor) -> torch.Tensor:
+    """Mean over classes of [class present] (1 - soft Dice), from `class_sums` (present: Σ y > 0)."""
+    return ((1 - dice_from_sums(sums)) * (sums[2] > 0)).mean()
+
+
 def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, bce_weight: float = 1.0,
                   dice_weight: float = 1.0, pos_weight=None) -> torch.Tensor:
     """bce_weight * mean BCE-with-logits + dice_weight * mean over classes of [present] (1 - `soft_dice`); a scalar.
@@ -59,15 +74,7 @@ def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, bce_weight: float 
     if logits.shape != target.shape:
         raise ValueError(f"logits and target must have the same shape, got {tuple(logits.shape)} and "
                          f"{tuple(target.shape)}")
-    target = target.to(logits.dtype)
-    if pos_weight is not None:
-        pos_weight = torch.as_tensor(pos_weight, dtype=logits.dtype, device=logits.device)
-        if pos_weight.dim() == 1:  # one per class: broadcast over (N, C, H, W)
-            pos_weight = pos_weight.view(-1, *([1] * (logits.dim() - 2)))
-    bce = F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight)
-    present = target.flatten(2).amax(2).amax(0) > 0  # (C,)
-    dice_loss = ((1 - soft_dice(logits, target)) * present).mean()
-    return bce_weight * bce + dice_weight * dice_loss
+    return bce_weight * weighted_bce(logits, target, pos_weight) + dice_weight * dice_term(class_sums(logits, target))
 
 
 def padded_forward(model: nn.Module, images: torch.Tensor, multiple: int = 32) -> torch.Tensor:

@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 from .surgery import prune
 from .verify import check_exact, fingerprint
 
-__all__ = ["FAMILIES", "create", "ZooResult", "try_family", "try_torch_pruning", "zoo_table", "EXACT_TOL"]
+__all__ = ["FAMILIES", "create", "ZooResult", "try_family", "try_torch_pruning", "torch_pruning_step", "zoo_table",
+           "EXACT_TOL"]
 
 EXACT_TOL = 1e-9  # relative, in float64: an exact surgery lands at ~1e-15, a wrong one at >= 1e-3
 
@@ -121,7 +122,7 @@ def _status(error, params_cut, rate):
 
 def _setup(family, seed):
     """(model name, fingerprinted float64 original, example input)."""
-    library, name, side = FAMILIES.get(family, ("timm", family, 64))
+    _, name, side = FAMILIES.get(family, ("timm", family, 64))
     x = torch.randn(1, 3, side, side, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
     return name, fingerprint(create(family), seed), x
 
@@ -187,24 +188,29 @@ def _time_limit(seconds):
         signal.signal(signal.SIGALRM, previous)
 
 
+def torch_pruning_step(model: nn.Module, x: torch.Tensor, rate: float, num_classes: int = 10) -> None:
+    """Torch-Pruning as its README shows: MetaPruner + FPGMImportance at `rate`, the classifier (the layers with
+    `num_classes` outputs) kept. Needs `torch-pruning`."""
+    import torch_pruning as tp
+    heads = [m for m in model.modules() if (isinstance(m, nn.Linear) and m.out_features == num_classes)
+             or (isinstance(m, nn.Conv2d) and m.out_channels == num_classes)]
+    tp.pruner.MetaPruner(model, x, importance=tp.importance.FPGMImportance(), pruning_ratio=rate,
+                         ignored_layers=heads).step()
+
+
 def try_torch_pruning(family: str, rate: float, seed: int = 0, timeout_s: float = 30.0, setup=None) -> ZooResult:
     """The same with Torch-Pruning (FPGMImportance, its README's MetaPruner, classifier kept), checked the same way.
 
     Needs `torch-pruning`. A crash, or no result within `timeout_s`, is "refused" with the reason; a result that
     differs from the masked original by more than EXACT_TOL is "WRONG".
     """
-    import torch_pruning as tp
     name, original, x = setup or _setup(family, seed)
     model = copy.deepcopy(original)
     before = sum(p.numel() for p in model.parameters())
     try:
         with warnings.catch_warnings(), _time_limit(timeout_s):
             warnings.simplefilter("ignore")
-            heads = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == 10]
-            heads += [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.out_channels == 10]
-            pruner = tp.pruner.MetaPruner(model, x, importance=tp.importance.FPGMImportance(), pruning_ratio=rate,
-                                          ignored_layers=heads)
-            pruner.step()
+            torch_pruning_step(model, x, rate)
     except Exception as e:  # noqa: BLE001 - any crash of the other tool is a result here
         return ZooResult(family, name, rate, "torch-pruning", 0.0, float("nan"), float("nan"), float("nan"),
                          "refused", f"{type(e).__name__}: {str(e)[:120]}")
