@@ -2,7 +2,8 @@
 
 Dependency direction: median -> criteria -> layers -> graph -> surgery -> persist -> schedule (the prune -> fine-tune
 -> evaluate loop); verify (a by-value check of any pruning) and zoo (the CNN families of chapter 09) on surgery;
-data, models, metrics, train beside them; study (the chapters' shared set-up) on top.
+export (ONNX, int8) and latency (side-by-side timing) for deployment; data, models, metrics, train beside them;
+study (the chapters' shared set-up) on top.
 """
 import warnings
 
@@ -17,7 +18,7 @@ from .surgery import prune, PruneReport
 from .persist import save_pruned, load_pruned
 from .schedule import one_shot, iterative
 from .utils import set_deterministic, default_device, environment
-from . import models, data, metrics, train, verify, zoo, export, distributed
+from . import models, data, metrics, train, verify, zoo, export, latency, distributed
 from .study import Study
 
 __all__ = [
@@ -26,6 +27,6 @@ __all__ = [
     "count", "prune", "PruneReport", "save_pruned", "load_pruned",
     "one_shot", "iterative", "Study",
     "set_deterministic", "default_device", "environment",
-    "models", "data", "metrics", "train", "verify", "zoo", "export", "distributed",
+    "models", "data", "metrics", "train", "verify", "zoo", "export", "latency", "distributed",
 ]
 __version__ = "0.1.0"

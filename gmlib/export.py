@@ -1,8 +1,9 @@
 """Deployment: a (pruned) network exported to ONNX and run by ONNX Runtime, checked against PyTorch.
 
 `to_onnx` writes the model in eval mode with a dynamic batch, height and width (input "image", output "logits") and
-checks the file with onnx.checker; `session` opens it in ONNX Runtime; `max_relative_error` compares the two on an
-input; `quantize_int8` makes a calibrated int8 copy. Needs the `deploy` extra (onnx, onnxruntime; onnxscript for the dynamo exporter).
+checks the file with onnx.checker; `session` opens it in ONNX Runtime and `OrtModule` wraps the session as an
+nn.Module; `max_relative_error` compares the two on an input; `quantize_int8` makes a calibrated int8 copy.
+Needs the `deploy` extra (onnx, onnxruntime; onnxscript for the dynamo exporter).
 """
 import importlib
 import logging
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["to_onnx", "quantize_int8", "session", "max_relative_error", "EXPORTERS"]
+__all__ = ["to_onnx", "quantize_int8", "session", "OrtModule", "max_relative_error", "EXPORTERS"]
 
 EXPORTERS = ("torchscript", "dynamo")  # torch.onnx's two paths: fast (TorchScript trace) and torch.export-based
 
@@ -110,8 +111,10 @@ def quantize_int8(path, out, calibration) -> Path:
     return out
 
 
-def session(path, threads: int | None = None, optimization: str = "all"):
-    """An ONNX Runtime CPU session for `path`; `optimization` in disable / basic / extended / all."""
+def session(path, threads: int | None = None, optimization: str = "all", *, spinning: bool = True):
+    """An ONNX Runtime CPU session for `path`; `optimization` in disable / basic / extended / all. With `spinning`
+    off, idle worker threads sleep instead of busy-waiting: slower back-to-back runs, but they leave the cores to
+    whatever runs next (PyTorch, in a side-by-side benchmark)."""
     ort = _need("onnxruntime")
     levels = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
               "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -125,7 +128,25 @@ def session(path, threads: int | None = None, optimization: str = "all"):
     options.graph_optimization_level = levels[optimization]
     if threads:
         options.intra_op_num_threads = options.inter_op_num_threads = int(threads)
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class OrtModule(nn.Module):
+    """An ONNX Runtime session behind an nn.Module forward (tensors in, tensors out on the input's device), so that
+    gmlib.train.evaluate and predict score an exported or int8 network exactly as they score a PyTorch one."""
+
+    def __init__(self, sess):
+        super().__init__()
+        if not hasattr(sess, "run") or not hasattr(sess, "get_inputs"):
+            raise TypeError(f"sess must be an onnxruntime.InferenceSession, got {type(sess).__name__}")
+        self.sess, self.input_name = sess, sess.get_inputs()[0].name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.sess.run(None, {self.input_name: np.ascontiguousarray(x.detach().float().cpu().numpy())})[0]
+        return torch.from_numpy(out).to(x.device)
 
 
 @torch.no_grad()

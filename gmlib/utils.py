@@ -3,6 +3,7 @@ environment() records what a run ran on."""
 import os
 import platform
 import random
+import sys
 import tempfile
 from contextlib import contextmanager
 from importlib import metadata
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["set_deterministic", "default_device", "environment", "atomic_open"]
+__all__ = ["set_deterministic", "default_device", "environment", "atomic_open", "native_stderr_silenced"]
 
 
 def set_deterministic(seed: int = 0, threads: int = 2) -> None:
@@ -97,3 +98,18 @@ def atomic_open(path, mode: str = "wb"):
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def native_stderr_silenced():
+    """Send file descriptor 2 to /dev/null for the block: C++ libraries (torch.profiler's Kineto) log there directly,
+    past Python's sys.stderr, and a notebook would store every line."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)

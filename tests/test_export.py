@@ -79,3 +79,15 @@ def test_errors_name_the_input(tmp_path):
         export.session(tmp_path / "m.onnx")
     with pytest.raises(ValueError, match="optimization"):
         export.session(tmp_path / "m.onnx", optimization="max")
+
+
+def test_ort_module_scores_like_the_model_it_came_from(tmp_path):
+    """OrtModule lets train.predict / evaluate run the ONNX Runtime copy; with spinning off the outputs are the same."""
+    model = gmlib.models.create("fpn_resnest14d", seed=0).eval()
+    path = export.to_onnx(model, tmp_path / "m.onnx", X)
+    wrapped = export.OrtModule(export.session(path, threads=1, spinning=False))
+    images = torch.randn(3, 3, 64, 100)  # predict pads the width to 128, a shape the export never saw
+    assert torch.allclose(gmlib.train.predict(wrapped, images, device="cpu"),
+                          gmlib.train.predict(model, images, device="cpu"), atol=1e-5)
+    with pytest.raises(TypeError, match="InferenceSession"):
+        export.OrtModule(model)

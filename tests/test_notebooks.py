@@ -1,0 +1,90 @@
+"""The chapters as teaching material: every one has a title, a parameters cell, a Summary and exercises with
+answers, and its prose quotes no measured figure that its own outputs do not contain.
+
+A figure is a number with decimals or a percentage in a markdown cell (outside code spans, maths and the exercises,
+whose answers derive their own arithmetic). It must appear, within the rounding it is written with, among the numbers
+of the chapter's stored outputs or its parameters cell (a percentage may also be a fraction there: 40 % = 0.4).
+Sentences that name their source are exempt: the paper's figures, NNI's, the real Kaggle data's.
+"""
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+CHAPTERS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+FIGURE = re.compile(r"(?<![\w.×/-])(\d+(?:\.\d+)?)(\s*%)?(?!\w|×|/|\.\d)")
+CITED = re.compile(r"paper|Hao et al|\bNNI\b|He et al|Liu et al|Kaggle data|real (strips|data|Severstal)", re.I)
+NOT_PROSE = re.compile(r"`[^`]*`|\$[^$]*\$|https?://\S+|\d+\s*[×x]\s*\d+")  # code, maths, links, 3×3 and 256x1600
+SENTENCE = re.compile(r"(?<=[.;:!?])\s+(?=[A-Z(*])|\n\n|\n\s*[-*]\s")
+
+
+def figures(markdown: str):
+    """(value, is_percentage, sentence) for every figure the prose quotes, cited sentences and exercises left out."""
+    prose = NOT_PROSE.sub(" ", markdown.split("## Exercises")[0])
+    for sentence in SENTENCE.split(prose):
+        if CITED.search(sentence):
+            continue
+        for m in FIGURE.finditer(sentence):
+            if "." in m.group(1) or m.group(2):
+                yield m.group(1), bool(m.group(2)), " ".join(sentence.split())
+
+
+def measured(nb) -> list:
+    """Every number in the stored outputs and in the parameters cell."""
+    texts = []
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        if "parameters" in cell.metadata.get("tags", []):
+            texts.append(cell.source)
+        for out in cell.get("outputs", []):
+            texts.append(out.get("text", ""))
+            texts += [out.get("data", {}).get(kind, "") for kind in ("text/plain", "text/markdown", "text/html")]
+    return [float(v) for t in texts for v in re.findall(r"\d+(?:\.\d+)?(?:e-?\d+)?", "".join(t))]
+
+
+def unbacked(nb) -> list:
+    numbers = measured(nb)
+    out = []
+    for cell in nb.cells:
+        if cell.cell_type != "markdown":
+            continue
+        for value, percent, sentence in figures(cell.source):
+            x = float(value)
+            tol = 0.5 * 10 ** -(len(value.split(".")[1]) if "." in value else 0) + 1e-12
+            if not any(abs(n - x) <= tol or (percent and abs(100 * n - x) <= tol) for n in numbers):
+                out.append(f"{value}{' %' if percent else ''} in: {sentence[:160]}")
+    return out
+
+
+def test_the_checker_flags_an_unbacked_figure_and_spares_cited_ones():
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("print(0.948)", outputs=[nbformat.v4.new_output("stream", text="Dice 0.948\n")]),
+        nbformat.v4.new_markdown_cell("Dice reaches 0.95 here. It then falls to 0.777, and params by 63.3 %. "
+                                      "The paper reports FLOPs −48.81 % at 40 %. A `0.123` in code is a name.\n\n"
+                                      "## Exercises\n\n1. What is 0.5 ** 4? 0.0625.")])
+    assert unbacked(nb) == ["0.777 in: It then falls to 0.777, and params by 63.3 %.",
+                            "63.3 % in: It then falls to 0.777, and params by 63.3 %."]
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_prose_quotes_only_figures_the_chapter_produces(path):
+    assert not unbacked(nbformat.read(path, as_version=4)), "\n".join(unbacked(nbformat.read(path, as_version=4)))
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_chapter_has_title_parameters_summary_and_exercises(path):
+    nb = nbformat.read(path, as_version=4)
+    first = nb.cells[0]
+    assert first.cell_type == "markdown" and first.source.startswith(f"# {path.stem[:2]} ·"), "title cell"
+    assert sum("parameters" in c.metadata.get("tags", []) for c in nb.cells) == 1, "one cell tagged parameters"
+    markdown = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    summary = re.search(r"^## Summary\n(.*?)(?=^## |\Z)", markdown, re.S | re.M)
+    assert summary, "a '## Summary' section"
+    sentences = [s for s in re.split(r"(?<=[.!?])\s+", summary.group(1).strip()) if s]
+    assert 3 <= len(sentences) <= 6, f"Summary has {len(sentences)} sentences, want 3-5 (plus where the numbers are)"
+    exercises = re.search(r"^## Exercises\n(.*)", markdown, re.S | re.M)
+    assert exercises, "an '## Exercises' section"
+    assert 2 <= len(re.findall(r"^\d+\. ", exercises.group(1).split("<details>")[0], re.M)) <= 3, "2-3 exercises"
+    assert "<details>" in exercises.group(1) and "Answers" in exercises.group(1), "worked answers in <details>"
