@@ -2,7 +2,7 @@
 
 Each network is pruned (FPGM, random init, seed 0) for every policy, rate and `round_to`; MACs and params are counted
 at the benchmark input, and one forward is timed in every runtime of gmlib.latency (eager PyTorch, eager in
-channels_last, ONNX Runtime at each graph optimisation level, ORT int8), all interleaved in one run (gmlib.latency).
+channels_last, frozen TorchScript, ONNX Runtime at each graph optimisation level, ORT int8), all interleaved in one run.
 ideal = MACs(unpruned) / MACs, realised = latency(unpruned) / latency in the same runtime; realised / ideal is the
 share of the FLOPs saving that the clock sees. Needs the deploy extra. A full Severstal strip (1x3x256x1600) is the
 default input; --ops adds torch.profiler's per-op eager times of the unpruned and the most pruned variant.
@@ -29,7 +29,7 @@ def main():
     ap.add_argument("--rates", nargs="+", type=float, default=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7],
                     help="the unpruned reference is always added")
     ap.add_argument("--round-to", nargs="+", type=int, default=[1, 16], help="channel multiples to compare")
-    ap.add_argument("--runtimes", nargs="+", default=["eager", "eager-cl", "ort"], choices=latency.RUNTIMES)
+    ap.add_argument("--runtimes", nargs="+", default=["eager", "frozen", "ort"], choices=latency.RUNTIMES)
     ap.add_argument("--rounds", type=int, default=5, help="timed rounds (medians reported)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ops", action="store_true", help="also print per-op eager times (torch.profiler)")

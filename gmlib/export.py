@@ -1,6 +1,7 @@
 """Deployment: a (pruned) network exported to ONNX and run by ONNX Runtime, checked against PyTorch.
 
-`to_onnx` writes the model in eval mode with a dynamic batch, height and width (input "image", output "logits") and
+`freeze` is the PyTorch-side counterpart (TorchScript, frozen, optimised for CPU inference). `to_onnx` writes the
+model in eval mode with a dynamic batch, height and width (input "image", output "logits") and
 checks the file with onnx.checker; `session` opens it in ONNX Runtime and `OrtModule` wraps the session as an
 nn.Module; `max_relative_error` compares the two on an input; `quantize_int8` makes a calibrated int8 copy.
 Needs the `deploy` extra (onnx, onnxruntime; onnxscript for the dynamo exporter).
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["to_onnx", "quantize_int8", "session", "OrtModule", "max_relative_error", "EXPORTERS"]
+__all__ = ["to_onnx", "freeze", "quantize_int8", "session", "OrtModule", "max_relative_error", "EXPORTERS"]
 
 EXPORTERS = ("torchscript", "dynamo")  # torch.onnx's two paths: fast (TorchScript trace) and torch.export-based
 
@@ -73,6 +74,29 @@ def to_onnx(model: nn.Module, path, example_input: torch.Tensor, *, dynamic: boo
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def freeze(model: nn.Module, example_input: torch.Tensor) -> torch.jit.ScriptModule:
+    """The model for CPU inference in PyTorch itself: traced (eval mode), frozen, and optimised by
+    torch.jit.optimize_for_inference (norms folded into the convs, weights prepacked in oneDNN's layout once instead
+    of reordered on every call, which costs a narrow pruned layer proportionally more). Same outputs to float
+    rounding, at any batch and spatial size. Raises TypeError for bad arguments, RuntimeError naming the model when
+    it cannot be traced."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(example_input, torch.Tensor) or example_input.dim() != 4:
+        raise TypeError(f"example_input must be an (N, C, H, W) tensor, got "
+                        f"{getattr(example_input, 'shape', type(example_input).__name__)}")
+    was_training = model.training
+    model.eval()
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # tracer notes on Python control flow, TorchScript's deprecation notice
+            return torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(model, example_input)))
+    except Exception as e:
+        raise RuntimeError(f"cannot freeze {type(model).__name__}: {type(e).__name__}: {str(e)[:300]}") from e
+    finally:
+        model.train(was_training)
 
 
 def quantize_int8(path, out, calibration) -> Path:

@@ -22,9 +22,9 @@ from .utils import native_stderr_silenced
 
 __all__ = ["RUNTIMES", "pruned_variants", "measure", "add_speedups", "op_times", "by_kind"]
 
-# eager-cl: channels_last memory format; ort-<level>: ONNX Runtime at that graph optimisation level (ort = all);
-# ort-int8: the static int8 copy of export.quantize_int8, at level all
-RUNTIMES = ("eager", "eager-cl", "ort", "ort-extended", "ort-basic", "ort-disable", "ort-int8")
+# eager-cl: channels_last memory format; frozen: export.freeze (TorchScript, norms folded, oneDNN weights prepacked);
+# ort-<level>: ONNX Runtime at that graph optimisation level (ort = all); ort-int8: export.quantize_int8, level all
+RUNTIMES = ("eager", "eager-cl", "frozen", "ort", "ort-extended", "ort-basic", "ort-disable", "ort-int8")
 
 
 def pruned_variants(arch: str, rates, policies=("or-merge", "coupled"), round_tos=(1,), size=(3, 256, 1600), *,
@@ -52,12 +52,17 @@ def pruned_variants(arch: str, rates, policies=("or-merge", "coupled"), round_to
 
 def _runner(model, x, runtime, folder, threads, calibration):
     """A no-argument call that runs one forward of `model` on `x` in `runtime`, and its error against eager
-    (max relative, NaN where the runtime is eager itself). ONNX files are written once per model in `folder`."""
+    (max relative, NaN where the runtime is eager PyTorch itself). ONNX files are written once per model in `folder`."""
     if runtime == "eager":
         return (lambda: model(x)), float("nan")
     if runtime == "eager-cl":
         cl, xcl = copy.deepcopy(model).to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
         return (lambda: cl(xcl)), float("nan")
+    if runtime == "frozen":
+        frozen = export.freeze(model, x)
+        with torch.no_grad():
+            reference, out = model(x), frozen(x)
+        return (lambda: frozen(x)), float((out - reference).abs().max() / reference.abs().max().clamp_min(1e-30))
     path = Path(folder) / f"{id(model)}.onnx"
     if not path.is_file():
         export.to_onnx(model, path, x)

@@ -91,3 +91,23 @@ def test_ort_module_scores_like_the_model_it_came_from(tmp_path):
                           gmlib.train.predict(model, images, device="cpu"), atol=1e-5)
     with pytest.raises(TypeError, match="InferenceSession"):
         export.OrtModule(model)
+
+
+class Untraceable(nn.Module):
+    def forward(self, x):
+        return {"size": x.shape[-1]}  # a trace can only return tensors
+
+
+def test_frozen_model_matches_at_other_sizes_and_names_bad_input():
+    model = gmlib.models.create("fpn_resnest14d", seed=0).eval()
+    gmlib.prune(model, X, 0.4, round_to=16)
+    frozen = export.freeze(model, X)
+    with torch.no_grad():
+        ref, out = model(OTHER), frozen(OTHER)  # traced at 1x3x64x64, run at 2x3x64x96
+    assert out.shape == ref.shape and float((out - ref).abs().max() / ref.abs().max()) < 1e-4
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        export.freeze("fpn", X)
+    with pytest.raises(TypeError, match="example_input"):
+        export.freeze(model, torch.randn(3, 64, 64))
+    with pytest.raises(RuntimeError, match="cannot freeze Untraceable"):
+        export.freeze(Untraceable(), X)

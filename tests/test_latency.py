@@ -22,7 +22,7 @@ def net(width):
 
 
 def test_measure_times_every_variant_in_every_runtime():
-    runtimes = ("eager", "eager-cl", "ort", "ort-basic", "ort-int8")
+    runtimes = ("eager", "eager-cl", "frozen", "ort", "ort-basic", "ort-int8")
     table = latency.measure({("wide", 32): net(32), ("narrow", 8): net(8)}, X, runtimes, rounds=2, threads=1,
                             names=("name", "width"), progress=False)
     assert len(table) == 2 * len(runtimes)
@@ -30,7 +30,7 @@ def test_measure_times_every_variant_in_every_runtime():
     assert (table.ms > 0).all()
     eager = table[table.runtime.str.startswith("eager")]
     assert eager.error.isna().all()  # eager is the reference, no error against itself
-    assert (table[table.runtime.isin(["ort", "ort-basic"])].error < 1e-4).all()
+    assert (table[table.runtime.isin(["frozen", "ort", "ort-basic"])].error < 1e-4).all()
     assert (table[table.runtime == "ort-int8"].error.between(1e-6, 0.2)).all()  # quantised: close, not exact
 
 
