@@ -17,8 +17,9 @@ reproduce: $(STAMP)
 
 test: unit nbval
 
+# two workers: most unit tests run on one thread (the one_thread fixture), so the two cores share them
 unit: $(STAMP)
-	OMP_NUM_THREADS=2 $(PY) -m pytest tests -q
+	OMP_NUM_THREADS=2 $(PY) -m pytest -n 2 tests -q
 
 nbval: $(STAMP)
 	OMP_NUM_THREADS=2 $(PY) -m pytest --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg notebooks -q

@@ -1,4 +1,4 @@
-"""Does the clock follow the FLOPs? Networks timed side by side in eager PyTorch and ONNX Runtime.
+"""Does the clock follow the FLOPs? Networks timed side by side in eager PyTorch, frozen PyTorch and ONNX Runtime.
 
 Every (variant, runtime) runs once per round and rounds interleave them, so a machine that speeds up or slows down
 moves all alike; latency is the median over rounds. ideal = MACs(reference) / MACs, realised = t(reference) / t,

@@ -43,13 +43,14 @@ def _check_callables(finetune, evaluate):
 
 
 def one_shot(model: nn.Module, example_inputs, rate: float, *, finetune, evaluate, criterion: str = "fpgm",
-             policy: str = "or-merge", seeds=(0,), **prune_kwargs) -> pd.DataFrame:
+             policy: str = "or-merge", seeds=(0,), evaluate_before: bool = True, **prune_kwargs) -> pd.DataFrame:
     """Prune a copy of `model` at `rate`, evaluate, fine-tune with `finetune(model, seed)`, evaluate again.
 
     `model` is left untouched. For each seed: criterion "random" draws its own filters with that seed; the other
     criteria are deterministic, so the network is pruned and evaluated before fine-tuning once and shared by the
     seeds, which differ only in their fine-tuning. `evaluate(model)` returns a dict; its numbers become columns
-    `<name>_before` and `<name>_after`. Returns one row per seed: criterion, policy, rate, seed, params, macs,
+    `<name>_before` and `<name>_after` (no `_before` columns with `evaluate_before=False`, which saves one
+    evaluation per pruned network when only the fine-tuned result is wanted). Returns one row per seed: criterion, policy, rate, seed, params, macs,
     params_reduction and macs_reduction (%, vs the unpruned model), the scores, and seconds (prune + fine-tune).
     """
     _check_callables(finetune, evaluate)
@@ -63,7 +64,7 @@ def one_shot(model: nn.Module, example_inputs, rate: float, *, finetune, evaluat
             pruned = copy.deepcopy(model)
             report = prune(pruned, example_inputs, rate, criterion=criterion, policy=policy, seed=seed,
                            **prune_kwargs)
-            before = _scalars(evaluate(pruned), "_before")
+            before = _scalars(evaluate(pruned), "_before") if evaluate_before else {}
             shared = (pruned, report, before, time.perf_counter() - start)
             start = time.perf_counter()
         pruned, report, before, prune_seconds = shared

@@ -59,6 +59,15 @@ def test_one_shot_prunes_a_copy_and_shares_deterministic_pruning_between_seeds()
     assert rows["params_reduction"].iloc[0] == pytest.approx(100 * (1 - rows["params"].iloc[0] / calls.full))
 
 
+def test_one_shot_can_skip_the_evaluation_before_fine_tuning():
+    model = small_net()
+    calls = Calls(params(model))
+    rows = one_shot(model, X, 0.5, finetune=calls.finetune, evaluate=calls.evaluate, criterion="l1", seeds=[0, 1],
+                    evaluate_before=False)
+    assert calls.evaluated == 2  # only after fine-tuning, once per seed
+    assert "share_before" not in rows and rows["share_after"].iloc[0] < 1
+
+
 def test_one_shot_random_criterion_draws_per_seed():
     model = small_net()
     calls = Calls(params(model))
