@@ -29,6 +29,15 @@ def _need(module):
         raise ImportError(f"gmlib.export needs {module}: pip install -e '.[deploy]'") from e
 
 
+def _check_model_and_input(model, example_input):
+    """The arguments to_onnx and freeze share: a module and one (N, C, H, W) example batch."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(example_input, torch.Tensor) or example_input.dim() != 4:
+        raise TypeError(f"example_input must be an (N, C, H, W) tensor, got "
+                        f"{getattr(example_input, 'shape', type(example_input).__name__)}")
+
+
 def to_onnx(model: nn.Module, path, example_input: torch.Tensor, *, dynamic: bool = True, opset: int = 18,
             exporter: str = "torchscript") -> Path:
     """Export `model` (eval mode, on the example's device and dtype) to `path`, atomically; returns the path.
@@ -37,11 +46,7 @@ def to_onnx(model: nn.Module, path, example_input: torch.Tensor, *, dynamic: boo
     bad arguments and RuntimeError naming the model when torch.onnx cannot export it or the checker rejects it.
     """
     onnx = _need("onnx")
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(example_input, torch.Tensor) or example_input.dim() != 4:
-        raise TypeError(f"example_input must be an (N, C, H, W) tensor, got "
-                        f"{getattr(example_input, 'shape', type(example_input).__name__)}")
+    _check_model_and_input(model, example_input)
     if exporter not in EXPORTERS:
         raise ValueError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
     path = Path(path)
@@ -82,11 +87,7 @@ def freeze(model: nn.Module, example_input: torch.Tensor) -> torch.jit.ScriptMod
     of reordered on every call, which costs a narrow pruned layer proportionally more). Same outputs to float
     rounding, at any batch and spatial size. Raises TypeError for bad arguments, RuntimeError naming the model when
     it cannot be traced."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(example_input, torch.Tensor) or example_input.dim() != 4:
-        raise TypeError(f"example_input must be an (N, C, H, W) tensor, got "
-                        f"{getattr(example_input, 'shape', type(example_input).__name__)}")
+    _check_model_and_input(model, example_input)
     was_training = model.training
     model.eval()
     try:
