@@ -8,14 +8,16 @@ grouped convs), `unit` (remove whole blocks: GroupNorm groups) and `frozen` (nev
 reaches the output, is the model input, or meets an op that removing a channel would change elsewhere).
 """
 import math
-import operator
 from dataclasses import dataclass, field
 
 import torch
 from torch import fx, nn
 
-from .layers import (BINARY, PASS_FUNCTIONS, PASS_METHODS, REDUCE_METHODS, conv_kind, is_batch_norm,
-                     is_group_norm, is_pass, leaf_types, mixes_channels, norm_act_problem)
+from .layers import (ELEMENTWISE, NONZERO_AT_ZERO_FUNCTIONS, NONZERO_AT_ZERO_METHODS, PASS_FUNCTIONS, PASS_METHODS,
+                     REDUCTIONS, conv_kind, is_batch_norm, is_group_norm, is_pass, mixes_channels, norm_act_problem,
+                     zero_stays_zero)
+from .normalize import bind_module_call, canonical
+from .trace import trace
 
 __all__ = ["ChannelGroup", "ChannelGraph", "Use", "analyse", "channel_groups", "split_attn_type"]
 
@@ -117,76 +119,7 @@ class ChannelGraph:
     modules: dict
     warnings: list = field(default_factory=list)
     conv_out: dict = field(default_factory=dict)  # conv name -> the spaces of its output (for coverage)
-
-
-class _Tracer(fx.Tracer):
-    """torch.fx tracer that keeps convs, norms, activations (gmlib.layers), SplitAttn and the `opaque` module paths
-    as leaves, and remembers the innermost module a failure happened in."""
-
-    def __init__(self, opaque=()):
-        super().__init__()
-        self.failed_at = None  # (path, type name)
-        self.opaque = set(opaque)
-        self._leaves = leaf_types() + tuple(t for t in (split_attn_type(), selective_kernel_type()) if t)
-
-    def is_leaf_module(self, m, qualname):
-        return isinstance(m, self._leaves) or qualname in self.opaque or super().is_leaf_module(m, qualname)
-
-    def call_module(self, m, forward, args, kwargs):
-        try:
-            return super().call_module(m, forward, args, kwargs)
-        except Exception:
-            if self.failed_at is None:
-                self.failed_at = (self.path_of_module(m), type(m).__name__)
-            raise
-
-
-class _ShapeRecorder(fx.Interpreter):
-    """Runs the traced graph once, recording each node's output shape (None for non-tensors)."""
-
-    def __init__(self, model, graph):
-        super().__init__(model, graph=graph)  # runs `graph` against the model itself: no GraphModule to compile
-        self.shapes = {}
-
-    def run_node(self, n):
-        out = super().run_node(n)
-        self.shapes[n] = tuple(out.shape) if isinstance(out, torch.Tensor) else None
-        return out
-
-
-def _trace(model, example_inputs):
-    """(graph, shapes, opaque): a module whose forward fx cannot trace (data-dependent control flow) becomes one
-    opaque node, so the rest of the network still prunes; a failure in the root module's own forward is an error."""
-    opaque = []
-    while True:
-        tracer = _Tracer(opaque)
-        try:
-            graph = tracer.trace(model)
-            break
-        except Exception as e:
-            path, kind = tracer.failed_at or ("", type(model).__name__)
-            if not path or path in opaque:
-                raise TypeError(f"cannot trace the model with torch.fx: it fails in module {path or '(root)'} "
-                                f"({kind}): {type(e).__name__}: {e}") from e
-            opaque.append(path)
-    was_training = model.training
-    model.eval()
-    recorder = _ShapeRecorder(model, graph)
-    try:
-        with torch.no_grad():
-            try:
-                recorder.run(*example_inputs)
-            except Exception as e:
-                try:  # is it the inputs (the model itself fails) or the traced graph?
-                    model(*example_inputs)
-                except Exception as e2:
-                    raise ValueError(f"example_inputs do not run through the model "
-                                     f"({type(e2).__name__}: {e2})") from e2
-                raise TypeError(f"the traced graph of {type(model).__name__} fails where the model runs: "
-                                f"{type(e).__name__}: {e}") from e
-    finally:
-        model.train(was_training)
-    return graph, recorder.shapes, opaque
+    layouts: dict = field(default_factory=dict)   # module name -> the spaces of its (first) output
 
 
 def _flat_nodes(a):
@@ -208,10 +141,14 @@ def analyse(model: nn.Module, example_inputs) -> ChannelGraph:
     if not isinstance(example_inputs, (tuple, list)) or not example_inputs:
         raise TypeError(f"example_inputs must be a tensor or a non-empty tuple of tensors, "
                         f"got {type(example_inputs).__name__}")
-    graph, shapes, opaque = _trace(model, tuple(example_inputs))
+    traced = trace(model, tuple(example_inputs))
+    graph, shapes, opaque, constants = traced.graph, traced.shapes, traced.opaque, traced.constants
     modules = dict(model.named_modules())
     sp = _Spaces()
-    uses, norm_after, warnings, layout, seen, conv_out = [], {}, [], {}, set(), {}
+    uses, norm_after, warnings, layout, seen, conv_out, layouts = [], {}, [], {}, set(), {}, {}
+    size_of = {}  # shape-derived node -> the spaces whose channel count its value depends on
+    raw_channels = {}  # node that is exactly x.size(1) / x.shape[1] -> x
+    nonzero = {}  # node -> the op (truthy) that may give its removed channels a non-zero value in the masked original
     split_attn, selective_kernel = split_attn_type(), selective_kernel_type()
 
     def fresh(node, reason):
@@ -241,11 +178,12 @@ def analyse(model: nn.Module, example_inputs) -> ChannelGraph:
         sp.freeze(lay, f"{reason} over concatenated channels ({node.name})")
         return None
 
-    def spatial_one(node):
-        shape = shapes.get(node.args[0]) if node.args and isinstance(node.args[0], fx.Node) else None
+    def spatial_one(x):
+        shape = shapes.get(x) if isinstance(x, fx.Node) else None
         return shape is not None and math.prod(shape[2:]) == 1
 
     for node in graph.nodes:
+        n_uses = len(uses)
         args = node.args
         x = args[0] if args and isinstance(args[0], fx.Node) else None
         lin = layout.get(x) if x is not None else None
@@ -258,10 +196,16 @@ def analyse(model: nn.Module, example_inputs) -> ChannelGraph:
         elif node.op == "output":
             for a in _flat_nodes(args):
                 sp.freeze(layout.get(a), "reaches the model output")
+                sp.freeze(size_of.get(a), "its channel count reaches the model output")
             continue
         elif node.op == "call_module":
             name, m = node.target, modules[node.target]
-            if name in seen:  # a parameterised module used twice: its channels would have to agree twice
+            bound = bind_module_call(m, args, node.kwargs)
+            x = bound[0] if bound and isinstance(bound[0], fx.Node) else None
+            lin = layout.get(x) if x is not None else None
+            if bound is None:
+                result = unknown(node, f"call of module {name!r} with keyword arguments")
+            elif name in seen:  # a parameterised module used twice: its channels would have to agree twice
                 result = unknown(node, f"second call of module {name!r}")
                 for u in uses:
                     if u.module == name or u.module.startswith(name + "."):
@@ -289,8 +233,9 @@ def analyse(model: nn.Module, example_inputs) -> ChannelGraph:
                 conv_out[name] = result
             elif conv_kind(m):  # weight-standardised or with its own forward: neither side can shrink exactly
                 seen.add(name)
-                why = ("weight-standardised conv: each filter is normalised over its inputs" if conv_kind(m) == "std"
-                       else f"{type(m).__name__} has its own forward")
+                why = {"std": "weight-standardised conv: each filter is normalised over its inputs",
+                       "computed": "conv whose weight is computed (parametrization, weight_norm or a hook)"}.get(
+                    conv_kind(m), f"{type(m).__name__} has its own forward")
                 sp.freeze(lin, f"{why} ({name})")
                 result = conv_out[name] = (sp.new(m.out_channels, producer=("conv", name), frozen=f"{why} ({name})"),)
             elif is_batch_norm(m) or is_group_norm(m):
@@ -328,29 +273,41 @@ def analyse(model: nn.Module, example_inputs) -> ChannelGraph:
                 seen.add(name)
                 result = _selective_kernel_rule(sp, uses, norm_after, conv_out, name, m, lin, single, node)
             elif isinstance(m, nn.Flatten):
-                result = lin if (m.start_dim == 1 and spatial_one(node)) else unknown(node, f"flatten {name!r}")
+                result = lin if (m.start_dim == 1 and spatial_one(x)) else unknown(node, f"flatten {name!r}")
             elif is_pass(m):
                 result = lin
             else:
                 result = unknown(node, f"module {name!r} ({type(m).__name__})")
+        elif node in traced.shape_nodes:  # arithmetic on sizes: no channels, but it may depend on channel counts
+            size_of[node] = _size_dependence(node, shapes, constants, layout, size_of, raw_channels)
+            result = None
         else:  # call_function / call_method
-            target = node.target
-            tname = target if isinstance(target, str) else getattr(target, "__name__", str(target))
-            has_channels = any(layout.get(a) for a in _flat_nodes((args, node.kwargs)))
-            if not has_channels:
-                result = fresh(node, f"untracked tensor from {tname} ({node.name})") if out_shape else None
-            elif target in BINARY:
-                result = _binary(node, shapes, layout, unify, unknown, sp.follow)
-            elif (node.op == "call_function" and target in PASS_FUNCTIONS) or \
-                    (node.op == "call_method" and target in PASS_METHODS):
-                result = lin if out_shape is not None and len(out_shape) >= 2 and lin else unknown(node, tname)
-            elif target is getattr or (node.op == "call_method" and target in ("size", "dim")):
+            name, kw = canonical(node)
+            x = kw.get("input") if isinstance(kw.get("input"), fx.Node) else None
+            lin = layout.get(x) if x is not None else None
+            operands = [n for n in _flat_nodes((args, node.kwargs)) if layout.get(n)]
+            counts = [n for n in _flat_nodes((args, node.kwargs)) if size_of.get(n)]
+            if counts and not _channel_count_follows(name, kw, x, layout, raw_channels, counts, sp):
+                for n in counts:
+                    sp.freeze(size_of[n], f"channel count read from the shape ({node.name})")
+            if not operands:
+                result = fresh(node, f"untracked tensor from {name} ({node.name})") if out_shape else None
+            elif name in ELEMENTWISE:
+                result = _elementwise(node, [kw.get(k) for k in ELEMENTWISE[name]], operands, shapes, layout,
+                                      unify, unknown, sp.follow)
+            elif (node.op == "call_function" and node.target in PASS_FUNCTIONS) or \
+                    (node.op == "call_method" and name in PASS_METHODS):
+                donor = name in ("to", "type_as")  # x.type_as(y): y only lends its dtype
+                passes = lin and all(o is x or donor for o in operands) and out_shape is not None \
+                    and len(out_shape) >= 2
+                result = lin if passes else unknown(node, name)
+            elif name in ("getattr", "size", "dim") and out_shape is None:
                 result = None
-            elif target in (torch.cat, torch.concat):
-                tensors = node.args[0] if node.args else node.kwargs.get("tensors")
-                dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-                lays = [layout.get(t) for t in tensors]
-                if any(lay is None for lay in lays) or len(out_shape) < 2:
+            elif name == "cat":
+                tensors, dim = kw.get("tensors"), kw.get("dim", 0)
+                lays = [layout.get(t) for t in tensors] if isinstance(tensors, (tuple, list)) else [None]
+                if any(lay is None for lay in lays) or not isinstance(dim, int) or not out_shape \
+                        or len(out_shape) < 2:
                     result = unknown(node, "torch.cat")
                 elif dim % len(out_shape) == 1:
                     result = tuple(s for lay in lays for s in lay)
@@ -358,44 +315,102 @@ def analyse(model: nn.Module, example_inputs) -> ChannelGraph:
                     result = lays[0]
                     for lay in lays[1:]:
                         result = unify(result, lay, node.name)
-            elif target in (torch.flatten, "flatten"):
-                start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
-                result = lin if start == 1 and spatial_one(node) else unknown(node, "flatten")
-            elif target in ("view", "reshape", torch.reshape) and out_shape and len(out_shape) >= 2 \
-                    and shapes[x][:2] == out_shape[:2] and math.prod(shapes[x][2:]) == math.prod(out_shape[2:]) == 1:
-                result = lin if _channel_size_follows(node) else unknown(node, "reshape to a channel count fixed in the code")
-            elif target is operator.getitem and isinstance(x, fx.Node) and lin:
-                result = lin if _keeps_all_channels(args[1], shapes[x]) else unknown(node, "slice of the channels")
-            elif node.op == "call_method" and target in REDUCE_METHODS or target in (torch.mean, torch.sum):
-                result = lin if out_shape and len(out_shape) >= 2 and _keeps_channels(node, shapes) \
-                    else unknown(node, tname)
+            elif name == "flatten" and x is not None and operands == [x]:
+                result = lin if kw.get("start_dim", 0) == 1 and spatial_one(x) else unknown(node, "flatten")
+            elif name in ("view", "reshape") and x is not None and operands == [x] and out_shape \
+                    and len(out_shape) >= 2 and shapes[x][:2] == out_shape[:2] \
+                    and math.prod(shapes[x][2:]) == math.prod(out_shape[2:]) == 1:
+                result = lin if _channel_size_follows(kw.get("shape")) \
+                    else unknown(node, "reshape to a channel count fixed in the code")
+            elif name == "getitem" and x is not None and lin and operands == [x]:
+                result = lin if _keeps_all_channels(kw.get("index"), shapes[x]) else unknown(node, "slice of the channels")
+            elif name in REDUCTIONS and x is not None and operands == [x]:
+                result = lin if out_shape and len(out_shape) >= 2 and _keeps_channels(kw.get("dim"), shapes[x]) \
+                    else unknown(node, name)
             else:
-                result = unknown(node, tname)
+                result = unknown(node, name)
         layout[node] = result
-    return ChannelGraph(sp, uses, norm_after, modules, warnings, conv_out)
+        if result:
+            nonzero[node] = _nonzero(node, modules, nonzero, x)
+        if x is not None and nonzero.get(x) and any(u.role in ("conv_in", "linear_in") and u.layout is lin
+                                                    for u in uses[n_uses:]):
+            sp.freeze(lin, f"a map with f(0) != 0 ({nonzero[x]}) between removed channels and their reader")
+        if node.op == "call_module":
+            layouts.setdefault(node.target, result)
+    read_elsewhere = {n.target.rsplit(".", 1)[0] for n in graph.nodes if n.op == "get_attr" and "." in n.target}
+    for name in read_elsewhere & set(modules):  # F.conv2d(x, self.conv.weight): that use would not shrink with it
+        for lay in [u.layout for u in uses if u.module == name] + [conv_out.get(name)]:
+            sp.freeze(lay, f"parameters of module {name!r} are also read outside its call")
+    for g in traced.guards:  # the trace took the branch this channel count gives: pruning could take another
+        if not _holds_while_pruned(g, raw_channels):
+            sp.freeze(size_of.get(g), f"control flow on the channel count ({g.name})")
+    return ChannelGraph(sp, uses, norm_after, modules, warnings, conv_out, layouts)
 
 
-def _keeps_channels(node, shapes):
-    """A reduction that leaves dims 0 and 1 alone."""
-    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-    if dims is None:
+def _holds_while_pruned(guard, raw_channels):
+    """`x.shape[1] != 0` or `> 0` (smp's skip check): true for every pruning, which keeps a channel in each space."""
+    name, kw = canonical(guard)
+    return guard.op == "call_function" and name in ("ne", "gt") and kw.get("input") in raw_channels \
+        and kw.get("arg1") == 0 and not isinstance(kw.get("arg1"), bool)
+
+
+def _nonzero(node, modules, nonzero, x):
+    """Whether the removed channels of `node`'s output may be non-zero in the masked original (then the op's name).
+
+    Convs and norms with affine give zero (their rows are zeroed); f(0) != 0 maps, scalar offsets, and ops over an
+    operand that is non-zero there pass it on; a product is zero when any channel-carrying factor is.
+    """
+    if node.op == "call_module":
+        m = modules[node.target]
+        if conv_kind(m) or isinstance(m, nn.Linear) or not zero_stays_zero(m):
+            return "" if zero_stays_zero(m) else type(m).__name__
+        return nonzero.get(x, "") if is_pass(m) else ""
+    if node.op not in ("call_function", "call_method"):
+        return ""
+    name, kw = canonical(node)
+    if (node.op == "call_function" and node.target in NONZERO_AT_ZERO_FUNCTIONS) or \
+            (node.op == "call_method" and name in NONZERO_AT_ZERO_METHODS):
+        return name
+    tensors = [a for a in _flat_nodes((node.args, node.kwargs)) if a in nonzero]
+    if name in ("add", "sub", "where", "maximum", "minimum", "fmax", "fmin", "clamp") and any(
+            isinstance(kw.get(k), (int, float)) and kw.get(k) != 0 and not isinstance(kw.get(k), bool)
+            for k in ("input", "other", "min", "max")):
+        return f"{name} of a constant"
+    if name in ("add", "sub", "where", "maximum", "minimum", "fmax", "fmin", "clamp") and any(
+            isinstance(kw.get(k), fx.Node) and kw[k] not in nonzero for k in ("input", "other", "min", "max")):
+        return f"{name} of a tensor without channels"
+    if name == "div" and not isinstance(kw.get("input"), fx.Node):
+        return "division of a constant"
+    if name == "mul":
+        return "mul" if tensors and all(nonzero[a] for a in tensors) else ""
+    if name == "div":
+        return nonzero.get(kw.get("input"), "")
+    return next((nonzero[a] for a in tensors if nonzero[a]), "")
+
+
+def _keeps_channels(dims, shape):
+    """A reduction over `dims` that leaves dims 0 and 1 alone."""
+    if dims is None or not isinstance(dims, (int, tuple, list)) or not shape:
         return False
-    nd = len(shapes[node.args[0]])
-    dims = [d % nd for d in (dims if isinstance(dims, (tuple, list)) else (dims,))]
+    dims = dims if isinstance(dims, (tuple, list)) else (dims,)
+    if not all(isinstance(d, int) for d in dims):
+        return False
+    dims = [d % len(shape) for d in dims]
     return 0 not in dims and 1 not in dims
 
 
-def _binary(node, shapes, layout, unify, unknown, follow):
-    """Elementwise op: operands that carry the channel dim are unified; broadcast ones (size 1 there) pass.
+def _elementwise(node, candidates, operands, shapes, layout, unify, unknown, follow):
+    """Elementwise op over `candidates` (its tensor parameters, canonical order): operands that carry the channel
+    dim are unified; broadcast ones (size 1 there) pass; a channel-carrying argument elsewhere is not understood.
 
     An operand broadcast over space, (N, C, 1, 1) against (N, C, H, W), is a channel gate (squeeze-excite): its
     convs follow the channels it scales instead of voting on them.
     """
     out = shapes[node]
-    if out is None or len(out) < 2:
+    if out is None or len(out) < 2 or any(n not in candidates for n in operands):
         return unknown(node, str(node.target))
-    operands = []
-    for a in node.args[:2]:
+    found = []
+    for a in candidates:
         if not isinstance(a, fx.Node) or shapes.get(a) is None:
             continue
         shape = shapes[a]
@@ -404,26 +419,64 @@ def _binary(node, shapes, layout, unify, unknown, follow):
             continue
         if cdim != 1 or layout.get(a) is None:
             return unknown(node, f"broadcast {node.target}")
-        operands.append((layout[a], math.prod(shape[2:]) == 1 < math.prod(out[2:])))
-    if not operands:
+        found.append((layout[a], math.prod(shape[2:]) == 1 < math.prod(out[2:])))
+    if not found:
         return unknown(node, f"broadcast {node.target}")
-    if len(operands) == 2 and operands[0][1] != operands[1][1]:
-        follow(operands[0][0] if operands[0][1] else operands[1][0])
-    result = operands[0][0]
-    for lay, _ in operands[1:]:
+    if len(found) == 2 and found[0][1] != found[1][1]:
+        follow(found[0][0] if found[0][1] else found[1][0])
+    result = found[0][0]
+    for lay, _ in found[1:]:
         result = unify(result, lay, node.name)
     return result
 
 
-def _channel_size_follows(node):
-    """view/reshape whose dim-1 size is computed from the input (an fx node or -1), not a constant that pruning
+def _channel_size_follows(sizes):
+    """view/reshape whose dim-1 size is computed from the input (x.size(1) or -1), not a constant that pruning
     would leave stale."""
-    sizes = node.args[1:]
-    if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
-        sizes = sizes[0]
-    if "shape" in node.kwargs:
-        sizes = node.kwargs["shape"]
-    return len(sizes) > 1 and (isinstance(sizes[1], fx.Node) or sizes[1] == -1)
+    return isinstance(sizes, (tuple, list)) and len(sizes) > 1 and (isinstance(sizes[1], fx.Node) or sizes[1] == -1)
+
+
+def _size_dependence(node, shapes, constants, layout, size_of, raw_channels):
+    """The spaces whose channel count a shape-derived value depends on; records x.size(1) / x.shape[1] as raw."""
+    name, kw = canonical(node)
+    x = kw.get("input")
+    rank = len(shapes[x]) if isinstance(x, fx.Node) and shapes.get(x) else 0
+    whole = tuple(layout.get(x) or ()) if rank >= 2 else ()
+    if name == "getattr" and kw.get("name") == "shape" or name in ("numel", "nelement") \
+            or (name == "size" and kw.get("dim") is None):
+        return whole
+    if name == "size":
+        dim = kw["dim"]
+        if isinstance(dim, int) and rank and dim % rank == 1:
+            raw_channels[node] = x
+            return whole
+        return ()
+    if name == "getitem" and isinstance(x, fx.Node) and x in size_of and x not in raw_channels \
+            and isinstance(constants.get(x), tuple):
+        source = next((n for n in _flat_nodes(x.args) if shapes.get(n)), None)
+        index = kw.get("index")
+        try:
+            dims = range(len(constants[x]))[index]
+        except TypeError:
+            return size_of[x]
+        dims = dims if isinstance(dims, range) else [dims]
+        if 1 not in dims:
+            return ()
+        if isinstance(index, int) and source is not None:
+            raw_channels[node] = source
+        return size_of[x]
+    return tuple(s for n in _flat_nodes((node.args, node.kwargs)) for s in size_of.get(n, ()))
+
+
+def _channel_count_follows(name, kw, x, layout, raw_channels, counts, sp):
+    """A channel count read from a shape may only size dim 1 of a view/reshape of a tensor with the same channels."""
+    if name not in ("view", "reshape") or x is None or not isinstance(kw.get("shape"), (tuple, list)):
+        return False
+    shape = kw["shape"]
+    source = raw_channels.get(shape[1]) if len(shape) > 1 and isinstance(shape[1], fx.Node) else None
+    same = source is not None and [sp.find(s) for s in layout.get(source) or ()] == \
+        [sp.find(s) for s in layout.get(x) or ()]
+    return same and counts == [shape[1]]
 
 
 def _keeps_all_channels(index, shape):
@@ -434,8 +487,8 @@ def _keeps_all_channels(index, shape):
     for d, i in enumerate(index[:2]):
         if i is Ellipsis:
             return True
-        if not isinstance(i, slice) or i.start not in (None, 0) or i.step not in (None, 1) \
-                or (i.stop is not None and i.stop < shape[d]):
+        if not isinstance(i, slice) or any(isinstance(v, fx.Node) for v in (i.start, i.stop, i.step)) \
+                or i.start not in (None, 0) or i.step not in (None, 1) or (i.stop is not None and i.stop < shape[d]):
             return False
     return True
 

@@ -12,9 +12,10 @@ import operator
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
-__all__ = ["is_pass", "is_batch_norm", "is_group_norm", "norm_act_problem", "mixes_channels", "conv_kind", "leaf_types",
-           "PASS_FUNCTIONS", "PASS_METHODS", "BINARY", "REDUCE_METHODS"]
+__all__ = ["is_pass", "zero_stays_zero", "NONZERO_AT_ZERO_FUNCTIONS", "NONZERO_AT_ZERO_METHODS", "is_batch_norm", "is_group_norm", "norm_act_problem", "mixes_channels", "conv_kind", "leaf_types",
+           "PASS_FUNCTIONS", "PASS_METHODS", "ELEMENTWISE", "REDUCTIONS"]
 
 
 def _found(module, *names):
@@ -40,16 +41,18 @@ _PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.GELU, nn.Tanh, nn.
     + _timm("drop", "DropPath", "DropBlock2d")  # identity in eval; per-sample or per-position masks in training
 
 PASS_FUNCTIONS = {F.relu, torch.relu, F.relu6, F.leaky_relu, F.gelu, F.silu, F.hardswish, F.mish, F.elu, F.celu,
-                  F.selu, F.softplus, F.hardtanh, F.hardsigmoid, torch.sigmoid, F.sigmoid, torch.tanh, torch.clamp,
-                  torch.clip, F.dropout, F.dropout2d, F.interpolate, F.max_pool2d, F.avg_pool2d,
-                  F.adaptive_avg_pool2d, F.adaptive_max_pool2d, operator.neg, torch.neg,
+                  F.selu, F.softplus, F.hardtanh, F.hardsigmoid, torch.sigmoid, F.sigmoid, torch.tanh, F.dropout,
+                  F.dropout2d, F.interpolate, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d, operator.neg, torch.neg,
                   *_found("torchvision.ops", "stochastic_depth")}  # identity in eval, per-sample in training
-PASS_METHODS = {"relu", "relu_", "contiguous", "clone", "detach", "neg", "tanh", "tanh_", "sigmoid", "sigmoid_",
-                "clamp", "clamp_", "clip", "clip_", "float", "double", "to", "type_as"}
-BINARY = {operator.add, operator.iadd, operator.sub, operator.isub, operator.mul, operator.imul, operator.truediv,
-          operator.itruediv, torch.add, torch.sub, torch.mul, torch.div, "add", "add_", "sub", "sub_", "mul", "mul_",
-          "div", "div_"}
-REDUCE_METHODS = {"mean", "sum", "amax"}
+PASS_METHODS = {"relu", "contiguous", "clone", "detach", "neg", "tanh", "sigmoid", "float", "double", "to",
+                "type_as"}  # canonical names (gmlib.normalize): relu_ is relu; clamp is elementwise (tensor bounds)
+# elementwise ops (by gmlib.normalize's canonical name) -> their tensor parameters: channel c reads channel c of each
+ELEMENTWISE = {"add": ("input", "other"), "sub": ("input", "other"), "mul": ("input", "other"),
+               "div": ("input", "other"), "maximum": ("input", "other"), "minimum": ("input", "other"),
+               "fmax": ("input", "other"), "fmin": ("input", "other"), "clamp": ("input", "min", "max"),
+               "where": ("condition", "input", "other"), "lerp": ("input", "end", "weight"),
+               "addcmul": ("input", "tensor1", "tensor2"), "addcdiv": ("input", "tensor1", "tensor2")}
+REDUCTIONS = {"mean", "sum", "amax", "amin"}
 
 _NORM_ACT = _timm("norm_act", "BatchNormAct2d", "SyncBatchNormAct", "FrozenBatchNormAct2d", "GroupNormAct",
                   "GroupNorm1Act")
@@ -64,6 +67,27 @@ _STD_CONVS = _timm("std_conv", "StdConv2d", "StdConv2dSame", "ScaledStdConv2d", 
 def is_pass(m: nn.Module) -> bool:
     """An elementwise / per-channel module; PReLU only with one shared slope."""
     return isinstance(m, _PASS_MODULES) or (isinstance(m, nn.PReLU) and m.num_parameters == 1)
+
+
+_NONZERO_AT_ZERO = (nn.Sigmoid, nn.Hardsigmoid, nn.Softplus) + _timm("activations", "Sigmoid", "HardSigmoid")
+NONZERO_AT_ZERO_FUNCTIONS = {torch.sigmoid, F.sigmoid, F.hardsigmoid, F.softplus}
+NONZERO_AT_ZERO_METHODS = {"sigmoid"}
+
+
+def zero_stays_zero(m: nn.Module) -> bool:
+    """f(0) = 0 for a pass-through module: a removed (zeroed) channel stays zero, so its readers see nothing.
+
+    Sigmoid-like maps, ConstantPad with a non-zero value, a Hardtanh whose range excludes 0 and a norm without
+    affine (it maps 0 to -mean / std) give a removed channel a value that a conv reading it would add up."""
+    if isinstance(m, _NONZERO_AT_ZERO):
+        return False
+    if isinstance(m, nn.ConstantPad2d) and m.value != 0:
+        return False
+    if isinstance(m, nn.Hardtanh) and not (m.min_val <= 0 <= m.max_val):
+        return False
+    if (is_batch_norm(m) or is_group_norm(m)) and getattr(m, "weight", None) is None:
+        return False
+    return True
 
 
 def is_batch_norm(m: nn.Module) -> bool:
@@ -94,13 +118,17 @@ def mixes_channels(m: nn.Module) -> str:
 
 
 def conv_kind(m: nn.Module) -> str:
-    """'conv' (plain maths), 'std' (weight-standardised: each filter normalised over its inputs), 'custom', ''."""
+    """'conv' (plain maths), 'std' (weight-standardised: each filter normalised over its inputs), 'computed' (weight
+    made by a parametrization or weight_norm's hook: its norms mix rows or columns), 'custom' (own forward), ''."""
     if isinstance(m, _STD_CONVS):
         return "std"
+    if isinstance(m, nn.Conv2d) and (parametrize.is_parametrized(m) or "weight" not in m._parameters):
+        return "computed"
     if type(m) in _SAFE_CONVS:
         return "conv"
     if isinstance(m, nn.Conv2d):
-        return "conv" if type(m).forward is nn.Conv2d.forward else "custom"
+        plain = type(m).forward is nn.Conv2d.forward and type(m)._conv_forward is nn.Conv2d._conv_forward
+        return "conv" if plain else "custom"
     return ""
 
 

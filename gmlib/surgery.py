@@ -6,6 +6,7 @@ normalised scores summed. Producers lose rows, consumers lose input columns; mod
 """
 import math
 import re
+import warnings as _warnings
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -15,9 +16,12 @@ from torch import nn
 from .complexity import count
 from .criteria import CRITERIA, filter_scores, select_filters
 from .graph import analyse, split_attn_type
-from .layers import is_batch_norm
+from .selfcheck import Check, NotExactError, first_difference
+from .shrink import apply_kept, mask_kept, mask_pruned, shrink_module
+from .transaction import Snapshot
 
-__all__ = ["prune", "PruneReport", "LayerChange", "POLICIES", "shrink_module", "apply_kept", "mask_pruned"]
+__all__ = ["prune", "PruneReport", "LayerChange", "POLICIES", "shrink_module", "apply_kept", "mask_pruned",
+           "mask_kept", "NotExactError"]
 
 POLICIES = ("or-merge", "coupled")
 
@@ -108,104 +112,6 @@ class PruneReport:
     __repr__ = __str__
 
 
-# ----------------------------------------------------------------------------------------------------- shrinking
-
-def _param(t, like):
-    return nn.Parameter(t.contiguous(), requires_grad=like.requires_grad)
-
-
-@torch.no_grad()
-def shrink_module(m: nn.Module, out=None, in_=None) -> None:
-    """Keep rows `out` (output channels / norm channels) and columns `in_` (input channels) of one module, in place.
-
-    Conv2d (grouped: both index sets must keep the same number in every group; depthwise: `out` only),
-    BatchNorm, GroupNorm (whole groups), Linear (`in_` only). Every other attribute is left as it was.
-    """
-    dev = next(m.parameters()).device if any(True for _ in m.parameters()) else None
-    out = None if out is None else torch.as_tensor(out, dtype=torch.long, device=dev)
-    in_ = None if in_ is None else torch.as_tensor(in_, dtype=torch.long, device=dev)
-    if isinstance(m, nn.Conv2d):
-        g, w = m.groups, m.weight
-        if g > 1 and g == m.in_channels == m.out_channels:  # depthwise: one index set for both
-            idx = out if out is not None else in_
-            m.weight = _param(w[idx], w)
-            if m.bias is not None:
-                m.bias = _param(m.bias[idx], m.bias)
-            m.in_channels = m.out_channels = m.groups = len(idx)
-            return
-        if in_ is not None and g == 1:
-            w = (w if out is None else w.index_select(0, out)).index_select(1, in_)
-            m.in_channels = len(in_)
-        elif in_ is not None:  # grouped: row r reads the kept columns of its own group
-            if len(in_) % g or (torch.bincount(in_ // (m.in_channels // g), minlength=g) != len(in_) // g).any():
-                raise RuntimeError(f"input channels of grouped conv are not balanced over its {g} groups")
-            rows = out if out is not None else torch.arange(m.out_channels, device=w.device)
-            cols = in_.view(g, -1) - torch.arange(g, device=w.device)[:, None] * (m.in_channels // g)
-            w = w[rows[:, None], cols[rows // (m.out_channels // g)]]
-            m.in_channels = len(in_)
-        elif out is not None:
-            w = w.index_select(0, out)
-        if out is not None and g > 1 and (torch.bincount(out // (m.out_channels // g), minlength=g)
-                                          != len(out) // g).any():
-            raise RuntimeError(f"output channels of grouped conv are not balanced over its {g} groups")
-        m.weight = _param(w, m.weight)
-        if out is not None:
-            if m.bias is not None:
-                m.bias = _param(m.bias[out], m.bias)
-            m.out_channels = len(out)
-    elif is_batch_norm(m):  # nn.BatchNorm*, timm's BatchNormAct2d, frozen BNs (affine kept as buffers)
-        for k in ("weight", "bias", "running_mean", "running_var"):
-            t = getattr(m, k, None)
-            if isinstance(t, nn.Parameter):
-                setattr(m, k, _param(t[out], t))
-            elif isinstance(t, torch.Tensor):
-                setattr(m, k, t[out].clone())
-        m.num_features = len(out)
-    elif isinstance(m, nn.GroupNorm):
-        size = m.num_channels // m.num_groups
-        blocks = out.view(-1, size) if len(out) % size == 0 else None
-        if blocks is None or (blocks[:, 0] % size).any() or \
-                (blocks != blocks[:, :1] + torch.arange(size, device=out.device)).any():
-            raise RuntimeError(f"GroupNorm channels must be removed in whole groups of {size}")
-        if m.affine:
-            m.weight, m.bias = _param(m.weight[out], m.weight), _param(m.bias[out], m.bias)
-        m.num_channels, m.num_groups = len(out), len(out) // size
-    elif isinstance(m, nn.Linear):
-        m.weight = _param(m.weight[:, in_], m.weight)
-        m.in_features = len(in_)
-    else:
-        raise TypeError(f"cannot shrink a {type(m).__name__}")
-
-
-def apply_kept(model: nn.Module, kept: dict) -> None:
-    """Re-apply a report's (or manifest's) kept indices to an unpruned model of the same architecture."""
-    modules = dict(model.named_modules())
-    for name, k in kept.items():
-        if name not in modules:
-            raise ValueError(f"kept indices name module {name!r}, which the model does not have")
-        shrink_module(modules[name], k.get("out"), k.get("in"))
-
-
-@torch.no_grad()
-def mask_pruned(model: nn.Module, report: PruneReport) -> nn.Module:
-    """Zero, in an unpruned model, every channel `report` removed (producer rows, biases and norm affines), in place.
-
-    In eval mode the result computes exactly what the physically pruned network computes: the equivalence check.
-    """
-    modules = dict(model.named_modules())
-    for name, k in report.kept.items():
-        m = modules[name]
-        if k.get("out") is None or isinstance(m, nn.Linear):
-            continue
-        n = m.weight.shape[0]
-        drop = torch.ones(n, dtype=torch.bool, device=m.weight.device)
-        drop[torch.as_tensor(k["out"], device=m.weight.device)] = False
-        for p in (m.weight, getattr(m, "bias", None)):
-            if p is not None:
-                p[drop] = 0
-    return model
-
-
 # ----------------------------------------------------------------------------------------------------- selection
 
 def _member_scores(graph, producer, criterion, generator):
@@ -284,7 +190,8 @@ def _input_size(example_inputs):
 # ----------------------------------------------------------------------------------------------------- prune
 
 def prune(model: nn.Module, example_inputs, rate: float, *, criterion: str = "fpgm", policy: str = "or-merge",
-          ignored_layers=(), round_to: int = 1, count_macs: bool = True, seed: int = 0) -> PruneReport:
+          ignored_layers=(), round_to: int = 1, count_macs: bool = True, seed: int = 0,
+          verify: bool = True) -> PruneReport:
     """Physically remove `rate` of every Conv2d's output filters, in place, and propagate to all consumers.
 
     Convs whose outputs reach the model output and `ignored_layers` (names or modules; their output channels are
@@ -292,6 +199,13 @@ def prune(model: nn.Module, example_inputs, rate: float, *, criterion: str = "fp
     with gmlib.count at the example input's (C, H, W) unless `count_macs=False` (skips its two forward passes).
     Channels an unsupported op touches are kept (see warnings). `seed` draws the scores of criterion "random" (one
     generator for the whole call, so every layer gets its own draw); the other criteria ignore it.
+
+    All or nothing: with `verify` (the default) the pruned network is checked, in float64 on `example_inputs`, in
+    eval and (where it runs in it) train mode, against the original with the removed channels zeroed; if they differ
+    beyond rounding, NotExactError names the first module where the outputs part. On that or any other error the
+    model is left exactly as it was (same Parameter objects, buffers, modes). `verify=False` skips the check (it
+    costs a float64 copy of the model and four forward passes). A prune that removes nothing, or under half the
+    asked rate of the parameters, warns with the largest frozen share's reason.
     """
     if isinstance(rate, bool) or not isinstance(rate, (int, float)):
         raise TypeError(f"rate must be a number in [0, 1), got {type(rate).__name__} {rate!r}")
@@ -309,6 +223,8 @@ def prune(model: nn.Module, example_inputs, rate: float, *, criterion: str = "fp
         raise TypeError(f"count_macs must be True or False, got {count_macs!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    if not isinstance(verify, bool):
+        raise TypeError(f"verify must be True or False, got {verify!r}")
     generator = torch.Generator().manual_seed(seed) if criterion == "random" else None
     ignored = _resolve_ignored(model, ignored_layers)
     graph = analyse(model, example_inputs)
@@ -320,7 +236,9 @@ def prune(model: nn.Module, example_inputs, rate: float, *, criterion: str = "fp
             return count(model, size)
         return sum(p.numel() for p in model.parameters()), None
 
+    modes = Snapshot(model)
     before = tally()
+    modes.restore_modes()  # gmlib.count runs in eval mode and restores only the root's flag
 
     for u in graph.uses:  # an ignored norm/Linear/depthwise conv keeps every channel it reads
         if u.role != "conv_in" and _under(u.module, ignored):
@@ -357,14 +275,46 @@ def prune(model: nn.Module, example_inputs, rate: float, *, criterion: str = "fp
     coverage, frozen = _coverage(graph, set_reason)  # before shrinking: it reads the original channel counts
     kept = _kept_indices(graph, kept_space)
     rows = _layer_rows(model, graph, kept, set_of, notes, rate)
-    for name, k in kept.items():
-        shrink_module(modules[name], k.get("out"), k.get("in"))
-    after = tally()
-    kept = {n: {d: v.tolist() for d, v in k.items()} for n, k in kept.items()}
-    previous = getattr(model, "_gmlib_kept", None) or {}
-    model._gmlib_kept = _compose(previous, kept)
-    return PruneReport(rate, criterion, policy, size, rows, before[0], after[0], before[1], after[1], warnings,
-                       {n: {d: list(v) for d, v in k.items()} for n, k in model._gmlib_kept.items()}, coverage, frozen)
+    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    check = Check(model, inputs, kept) if verify and kept else None
+    snapshot = Snapshot(model, kept)
+    try:
+        for name, k in kept.items():
+            shrink_module(modules[name], k.get("out"), k.get("in"))
+        failure = check.failure(model) if check else None
+        if failure:
+            snapshot.restore()
+            where = first_difference(model, inputs, kept, lambda name: _channels_of(graph, kept, kept_space, name),
+                                     failure[0], check.dtype)
+            raise NotExactError(
+                f"pruning {type(model).__name__} at rate {rate} would change what it computes: in {failure[0]} mode "
+                f"its output differs from the original with the removed channels zeroed by {failure[1]:.1e} "
+                f"(relative, {str(check.dtype).replace('torch.', '')}); the outputs first part at module {where}. "
+                f"The model is left as it was; verify=False skips this check")
+        after = tally()
+        snapshot.restore_modes()
+        kept = {n: {d: v.tolist() for d, v in k.items()} for n, k in kept.items()}
+        previous = getattr(model, "_gmlib_kept", None) or {}
+        model._gmlib_kept = _compose(previous, kept)
+    except BaseException:
+        snapshot.restore()
+        raise
+    report = PruneReport(rate, criterion, policy, size, rows, before[0], after[0], before[1], after[1], warnings,
+                         {n: {d: list(v) for d, v in k.items()} for n, k in model._gmlib_kept.items()}, coverage,
+                         frozen)
+    if rate > 0 and report.params_reduction < 50 * rate:
+        _warnings.warn(f"prune cut {report.params_reduction:.1f}% of the parameters at rate {rate}: "
+                       f"{report.frozen_reason or 'or-merge keeps a channel that any conv sharing it keeps'}",
+                       stacklevel=2)
+    return report
+
+
+def _channels_of(graph, kept, kept_space, name):
+    """Kept indices along dim 1 of module `name`'s output (None where unchanged or not mapped)."""
+    if name in kept and "out" in kept[name]:
+        return kept[name]["out"]
+    layout = graph.layouts.get(name)
+    return _layout_kept(graph.spaces, layout, kept_space) if layout else None
 
 
 def _reason_key(reason):
@@ -393,20 +343,21 @@ def _coverage(graph, set_reason):
     return prunable / total, {k: v / total for k, v in sorted(frozen.items(), key=lambda kv: -kv[1])}
 
 
+def _layout_kept(sp, layout, kept_space):
+    """Kept indices along a layout of spaces laid side by side (None when none of them loses a channel)."""
+    if not any(sp.find(s) in kept_space for s in layout):
+        return None
+    parts, offset = [], 0
+    for s in layout:
+        k = kept_space.get(sp.find(s))
+        parts.append((k if k is not None else torch.arange(sp.size[s])) + offset)
+        offset += sp.size[s]
+    return torch.cat(parts)
+
+
 def _kept_indices(graph, kept_space):
     """Per module name: {"out": LongTensor, "in": LongTensor} for every dim that loses channels."""
     sp = graph.spaces
-
-    def of_layout(layout):
-        if not any(sp.find(s) in kept_space for s in layout):
-            return None
-        parts, offset = [], 0
-        for s in layout:
-            k = kept_space.get(sp.find(s))
-            parts.append((k if k is not None else torch.arange(sp.size[s])) + offset)
-            offset += sp.size[s]
-        return torch.cat(parts)
-
     kept = {}
     for r, k in kept_space.items():
         for kind, name in sp.producers[r]:
@@ -434,7 +385,7 @@ def _kept_indices(graph, kept_space):
                    + kv[:, None, :]).flatten()
             kept.setdefault(f"{name}.fc2", {})["out"] = fc2
     for u in graph.uses:
-        k = of_layout(u.layout)
+        k = _layout_kept(sp, u.layout, kept_space)
         if k is None:
             continue
         if u.role in ("conv_in", "linear_in"):

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .surgery import prune
+from .surgery import NotExactError, prune
 from .verify import check_exact, fingerprint
 
 __all__ = ["FAMILIES", "create", "ZooResult", "try_family", "try_torch_pruning", "torch_pruning_step", "zoo_table",
@@ -128,18 +128,20 @@ def _setup(family, seed):
 
 
 def try_family(family: str, rate: float, policy: str = "or-merge", count_macs: bool = True, seed: int = 0,
-               setup=None) -> ZooResult:
+               setup=None, verify: bool = False) -> ZooResult:
     """Prune the family's model at `rate` (FPGM) and check it against the masked reference by value, in float64.
 
     `setup` reuses a (name, original, x) from an earlier call on the same family (the original is not modified).
+    `verify` is prune's own check, off by default: the by-value check here is the stronger one, and with prune's
+    check on a wrong rule would show as "refused" (NotExactError) rather than as WRONG.
     """
     name, original, x = setup or _setup(family, seed)
     model = copy.deepcopy(original)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            report = prune(model, x, rate, policy=policy, count_macs=count_macs)
-    except (TypeError, ValueError) as e:
+            report = prune(model, x, rate, policy=policy, count_macs=count_macs, verify=verify)
+    except (TypeError, ValueError, NotExactError) as e:
         return ZooResult(family, name, rate, policy, 0.0, float("nan"), 0.0, float("nan"), "refused", str(e))
     error, why = _error(original, model, x)
     params_cut = report.params_reduction

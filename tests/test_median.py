@@ -47,8 +47,9 @@ def test_matches_scipy_minimize(seed, n, d):
     ours = float(median_objective(torch.from_numpy(X), geometric_median(torch.from_numpy(X), torch.from_numpy(w)),
                                   torch.from_numpy(w)))
     oracle = scipy_median(X, w)
-    assert ours <= oracle * (1 + 1e-5)
-    assert ours >= oracle * (1 - 1e-5) - 1e-12 or ours <= oracle  # never worse; better is fine
+    assert ours <= oracle * (1 + 1e-5)  # never worse than the oracle
+    # and the oracle is a real one: it lands on the same minimum (a broken oracle would make the line above vacuous)
+    assert ours >= oracle * (1 - 1e-3)
 
 
 def random_rotation(d, rng):

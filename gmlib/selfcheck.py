@@ -1,0 +1,183 @@
+"""`prune`'s own proof: the shrunk network computes what the original computes with the removed channels zeroed.
+
+One float64 twin of the model is masked (dropped rows zeroed) and run in eval and train mode, then shrunk by the same
+indices and run again: max|pruned - masked| / max|masked| must stay at float rounding, or pruning is refused.
+"""
+import copy
+
+import torch
+from torch import nn
+
+from .shrink import apply_kept, mask_kept
+from .verify import _flat
+
+__all__ = ["NotExactError", "Check", "first_difference", "copy_as", "TOLERANCE"]
+
+TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4}  # relative; exact surgery lands at ~1e-15 in float64
+# Train mode normalises by batch statistics: on a near-constant input (a zero example batch) a deep BatchNorm divides
+# by a variance near 0 and magnifies rounding to ~1e-9 in float64. A wrong surgery is off by 1e-3 or more.
+TRAIN_SLACK = 1e3
+
+
+class NotExactError(RuntimeError):
+    """The pruned network would not compute what the masked original computes (the model was left unchanged)."""
+
+
+def _random_regularisers():
+    """Dropout-like modules: random in training, with draws that depend on the number of channels."""
+    kinds = [nn.modules.dropout._DropoutNd]
+    try:
+        from timm.layers import DropBlock2d, DropPath
+        kinds += [DropPath, DropBlock2d]
+    except ImportError:  # pragma: no cover - timm is a project dependency
+        pass
+    try:
+        from torchvision.ops import StochasticDepth
+        kinds.append(StochasticDepth)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(kinds)
+
+
+def _set_mode(model, mode):
+    model.train(mode == "train")
+    if mode == "train":
+        for m in model.modules():
+            if isinstance(m, _random_regularisers()):
+                m.eval()
+
+
+@torch.no_grad()
+def _run(model, inputs, mode, seed=0):
+    _set_mode(model, mode)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return [t.detach().clone() for t in _flat(model(*inputs))]
+
+
+def _error(ref, out):
+    """Largest |out - ref| relative to the reference's largest |value|; inf when the shapes differ."""
+    if [t.shape for t in ref] != [t.shape for t in out]:
+        return float("inf")
+    scale = max((float(t.abs().max()) for t in ref if t.numel()), default=0.0) or 1.0
+    return max((float((a - b).abs().max()) for a, b in zip(out, ref) if a.numel()), default=0.0) / scale
+
+
+def _cast(inputs, dtype):
+    return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in inputs)
+
+
+def _batch_of_two(inputs):
+    """Train-mode BatchNorm needs more than one value per channel: a batch of 1 gets its mirror image added."""
+    return tuple(torch.cat([t, t.flip(-1)]) if isinstance(t, torch.Tensor) and t.dim() >= 2 and len(t) == 1 else t
+                 for t in inputs)
+
+
+def copy_as(model: nn.Module, dtype=None) -> nn.Module:
+    """A deep copy with every floating parameter and buffer cast to `dtype` while copied (None: kept as it is).
+
+    Computed tensors held as attributes (torch.nn.utils.weight_norm's `weight`) are copied detached: the hook that
+    made them recomputes them on the next forward.
+    """
+    def cast(t):  # always a new tensor: `to` returns its input when the dtype already matches
+        return t.detach().to(dtype, copy=True) if dtype is not None and t.is_floating_point() else t.detach().clone()
+
+    memo = {}
+    for p in model.parameters():
+        if id(p) not in memo:
+            memo[id(p)] = nn.Parameter(cast(p), requires_grad=p.requires_grad)
+    for b in model.buffers():
+        if id(b) not in memo:
+            memo[id(b)] = cast(b)
+    for m in model.modules():
+        for t in m.__dict__.values():
+            if isinstance(t, torch.Tensor) and not t.is_leaf and id(t) not in memo:
+                memo[id(t)] = t.detach().clone()
+    return copy.deepcopy(model, memo)
+
+
+class Check:
+    """Built before the surgery on the unpruned model; `failure()` after it says whether the shrunk twin differs."""
+
+    def __init__(self, model: nn.Module, inputs: tuple, kept: dict):
+        self.kept = kept
+        try:
+            self.twin, self.inputs, self.dtype = mask_kept(copy_as(model, torch.float64), kept), _cast(inputs, torch.float64), \
+                torch.float64
+            self.reference = {"eval": _run(self.twin, self.inputs, "eval")}
+        except Exception:  # noqa: BLE001 - an op without float64 support: check in the model's own precision
+            self.twin, self.inputs = mask_kept(copy_as(model), kept), inputs
+            self.dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+            self.reference = {"eval": _run(self.twin, self.inputs, "eval")}
+        self.tolerance = TOLERANCE.get(self.dtype, 1e-2)
+        buffers = [(b, b.clone()) for b in self.twin.buffers()]
+        for x in (self.inputs, _batch_of_two(self.inputs)):  # train-mode BatchNorm needs two values per channel
+            try:
+                self.reference["train"] = _run(self.twin, x, "train")
+                self.train_inputs = x
+                break
+            except Exception:  # noqa: BLE001 - a network that does not run in train mode is checked in eval only
+                pass
+        for b, saved in buffers:  # train mode moved the running statistics; eval mode must see the originals
+            b.copy_(saved)
+
+    def failure(self, pruned: nn.Module):
+        """None when exact, else (mode, relative error): the twin shrunk like `pruned` against the masked one."""
+        apply_kept(self.twin, self.kept)
+        shapes = {k: v.shape for k, v in self.twin.state_dict().items()}
+        if shapes != {k: v.shape for k, v in pruned.state_dict().items()}:
+            return "eval", float("inf")  # the model's surgery did not do what the twin's did (pragma: defensive)
+        for mode, ref in self.reference.items():
+            x = self.inputs if mode == "eval" else self.train_inputs
+            try:
+                out = _run(self.twin, x, mode)
+            except Exception:  # noqa: BLE001 - the pruned network does not run: certainly not exact
+                return mode, float("inf")
+            error = _error(ref, out)
+            if error > self.tolerance * (TRAIN_SLACK if mode == "train" else 1) and not (mode == "train" and _error(out, _run(self.twin, x, mode, seed=1))):
+                return mode, error
+        return None
+
+
+@torch.no_grad()
+def first_difference(model: nn.Module, inputs: tuple, kept: dict, channels, mode: str, dtype) -> str:
+    """The first module (in call order) whose output differs between the masked and the shrunk twin of `model`.
+
+    `channels(name)` gives the kept indices along dim 1 of that module's output (None: unknown or all).
+    """
+    masked = mask_kept(copy_as(model, dtype), kept)
+    pruned = copy.deepcopy(masked)
+    apply_kept(pruned, kept)
+    x = _cast(inputs, dtype)
+    if mode == "train":
+        try:
+            _run(masked, x, mode)
+        except Exception:  # noqa: BLE001 - as in Check: a batch of two where one value per channel will not do
+            x = _batch_of_two(x)
+    outputs = []
+    for net in (masked, pruned):
+        seen, handles = {}, []
+        for name, m in net.named_modules():
+            if name and not any(True for _ in m.children()):
+                handles.append(m.register_forward_hook(
+                    lambda m, a, out, name=name: seen.setdefault(name, out.detach().clone())
+                    if isinstance(out, torch.Tensor) else None))
+        try:
+            _run(net, x, mode)
+        except Exception:  # noqa: BLE001 - the outputs recorded up to the failure still locate it
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+        outputs.append(seen)
+    tolerance = TOLERANCE.get(dtype, 1e-2) * (TRAIN_SLACK if mode == "train" else 1)
+    modules = dict(model.named_modules())
+    for name, ref in outputs[0].items():
+        out, idx = outputs[1].get(name), channels(name)
+        if idx is not None and ref.dim() >= 2:
+            ref = ref.index_select(1, idx.to(ref.device))
+        elif out is not None and out.shape != ref.shape:
+            continue  # a module whose channels the graph does not map (inside a rule's block): cannot compare
+        if out is None or out.shape != ref.shape or _error([ref], [out]) > tolerance:
+            return f"{name!r} ({type(modules[name]).__name__})"
+    return "none of the modules (the difference arises in the forward's own code after the last one)"
