@@ -1,7 +1,7 @@
 """gmlib: geometric-median filter pruning (FPGM) that works on real segmentation networks.
 
 Dependency direction: median -> criteria -> layers -> graph -> surgery -> persist -> schedule (the prune -> fine-tune
--> evaluate loop); verify (a by-value check of any pruning) and zoo (the CNN families of chapter 09) on surgery;
+-> evaluate loop; recalibrate re-estimates norm statistics after pruning); store (the committed results store); verify (a by-value check of any pruning) and zoo (the CNN families of chapter 09) on surgery;
 export (ONNX, int8) and latency (side-by-side timing) for deployment; data, models, metrics, train beside them;
 study (the chapters' shared set-up) on top.
 """
@@ -17,6 +17,8 @@ from .complexity import count
 from .surgery import prune, PruneReport
 from .persist import save_pruned, load_pruned
 from .schedule import one_shot, iterative
+from .recalibrate import recalibrate_bn
+from .store import Store
 from .utils import set_deterministic, default_device, environment
 from . import models, data, metrics, train, verify, zoo, export, latency, distributed
 from .study import Study
@@ -25,7 +27,7 @@ __all__ = [
     "geometric_median", "distance_sums",
     "CRITERIA", "filter_scores", "select_filters",
     "count", "prune", "PruneReport", "save_pruned", "load_pruned",
-    "one_shot", "iterative", "Study",
+    "one_shot", "iterative", "recalibrate_bn", "Study", "Store",
     "set_deterministic", "default_device", "environment",
     "models", "data", "metrics", "train", "verify", "zoo", "export", "latency", "distributed",
 ]

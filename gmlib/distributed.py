@@ -149,7 +149,7 @@ def main(argv=None):
     rank, world = _world()
     try:
         torch.manual_seed(args.seed)
-        train_ids, _ = data.SeverstalDataset(args.data_dir).split(cfg.val_fraction, cfg.data_seed)
+        train_ids = data.SeverstalDataset(args.data_dir).split(cfg.val_fraction, cfg.data_seed, cfg.test_fraction)[0]
         augment = {} if args.no_augment else dict(crop=cfg.crop, flip=True,
                                                   generator=torch.Generator().manual_seed(args.seed + rank))
         dataset = data.SeverstalDataset(args.data_dir, train_ids, scale=cfg.scale, **augment)

@@ -21,7 +21,7 @@ from .persist import load_pruned, save_pruned
 from .surgery import prune
 from .utils import atomic_open
 
-__all__ = ["one_shot", "iterative", "IterativeResult", "rate_for_macs"]
+__all__ = ["prune_and_score", "one_shot", "iterative", "IterativeResult", "rate_for_macs"]
 
 
 def _scalars(scores, suffix):
@@ -42,16 +42,39 @@ def _check_callables(finetune, evaluate):
             raise TypeError(f"{name} must be callable, got {type(f).__name__}")
 
 
-def one_shot(model: nn.Module, example_inputs, rate: float, *, finetune, evaluate, criterion: str = "fpgm",
-             policy: str = "or-merge", seeds=(0,), evaluate_before: bool = True, **prune_kwargs) -> pd.DataFrame:
-    """Prune a copy of `model` at `rate`, evaluate, fine-tune with `finetune(model, seed)`, evaluate again.
+def prune_and_score(model: nn.Module, example_inputs, rate: float, *, evaluate, recalibrate=None,
+                    criterion: str = "fpgm", policy: str = "or-merge", seed: int = 0, evaluate_before: bool = True,
+                    **prune_kwargs):
+    """Prune a copy of `model` at `rate`; score it right away (`<name>_before`), then after `recalibrate(pruned)`
+    re-estimates its norm statistics (`<name>_recal`). Returns (pruned network, PruneReport, scores, seconds).
+
+    With `evaluate_before=False` neither score is computed (the network is still recalibrated): for a caller that
+    only wants the fine-tuned result. `model` is left untouched.
+    """
+    start = time.perf_counter()
+    pruned = copy.deepcopy(model)
+    report = prune(pruned, example_inputs, rate, criterion=criterion, policy=policy, seed=seed, **prune_kwargs)
+    scores = _scalars(evaluate(pruned), "_before") if evaluate_before else {}
+    if recalibrate is not None:
+        recalibrate(pruned)
+        if evaluate_before:
+            scores.update(_scalars(evaluate(pruned), "_recal"))
+    return pruned, report, scores, time.perf_counter() - start
+
+
+def one_shot(model: nn.Module, example_inputs, rate: float, *, finetune, evaluate, recalibrate=None,
+             criterion: str = "fpgm", policy: str = "or-merge", seeds=(0,), evaluate_before: bool = True,
+             **prune_kwargs) -> pd.DataFrame:
+    """Prune a copy of `model` at `rate`, evaluate, recalibrate its norms, evaluate, fine-tune with
+    `finetune(model, seed)`, evaluate again: three scores per point (pruned, recalibrated, fine-tuned).
 
     `model` is left untouched. For each seed: criterion "random" draws its own filters with that seed; the other
-    criteria are deterministic, so the network is pruned and evaluated before fine-tuning once and shared by the
-    seeds, which differ only in their fine-tuning. `evaluate(model)` returns a dict; its numbers become columns
-    `<name>_before` and `<name>_after` (no `_before` columns with `evaluate_before=False`, which saves one
-    evaluation per pruned network when only the fine-tuned result is wanted). Returns one row per seed: criterion, policy, rate, seed, params, macs,
-    params_reduction and macs_reduction (%, vs the unpruned model), the scores, and seconds (prune + fine-tune).
+    criteria are deterministic, so the network is pruned, recalibrated and scored once and shared by the seeds,
+    which differ only in their fine-tuning. `evaluate(model)` returns a dict; its numbers become columns
+    `<name>_before`, `<name>_recal` (with `recalibrate(model)`, e.g. a `recalibrate_bn` partial) and `<name>_after`
+    (only `_after` with `evaluate_before=False`, which saves evaluations when only the fine-tuned result is
+    wanted). Returns one row per seed: criterion, policy, rate, seed, params, macs, params_reduction and
+    macs_reduction (%, vs the unpruned model), the scores, and seconds (prune + recalibrate + fine-tune).
     """
     _check_callables(finetune, evaluate)
     seeds = list(seeds)
@@ -59,15 +82,12 @@ def one_shot(model: nn.Module, example_inputs, rate: float, *, finetune, evaluat
         raise ValueError(f"seeds must be a non-empty list of non-negative ints, got {seeds!r}")
     rows, shared = [], None
     for seed in seeds:
-        start = time.perf_counter()
         if shared is None or criterion == "random":
-            pruned = copy.deepcopy(model)
-            report = prune(pruned, example_inputs, rate, criterion=criterion, policy=policy, seed=seed,
-                           **prune_kwargs)
-            before = _scalars(evaluate(pruned), "_before") if evaluate_before else {}
-            shared = (pruned, report, before, time.perf_counter() - start)
-            start = time.perf_counter()
+            shared = prune_and_score(model, example_inputs, rate, evaluate=evaluate, recalibrate=recalibrate,
+                                     criterion=criterion, policy=policy, seed=seed,
+                                     evaluate_before=evaluate_before, **prune_kwargs)
         pruned, report, before, prune_seconds = shared
+        start = time.perf_counter()
         tuned = copy.deepcopy(pruned)
         finetune(tuned, seed)
         seconds = prune_seconds + time.perf_counter() - start
@@ -128,9 +148,10 @@ def iterative(model: nn.Module, example_inputs, rates, *, finetune, evaluate, me
               tolerance: float | None = None, macs_target: float | None = None,
               params_target: float | None = None, criterion: str = "fpgm", policy: str = "or-merge",
               seed: int = 0, checkpoint_dir=None, reference: dict | None = None, progress: bool = True,
-              **prune_kwargs) -> IterativeResult:
+              recalibrate=None, **prune_kwargs) -> IterativeResult:
     """Raise the cumulative rate through `rates` (e.g. 0.1, 0.2, ...), each step: prune the network of the step
-    before, evaluate, `finetune(model, step_seed)`, evaluate; stop at the first step that ends the run.
+    before, evaluate, `recalibrate(model)` its norms and evaluate (when given: `_recal` columns),
+    `finetune(model, step_seed)`, evaluate; stop at the first step that ends the run.
 
     End conditions: with `tolerance`, a step whose `metric` after fine-tuning falls below the unpruned network's
     minus `tolerance` stops the run and the last step within the tolerance is chosen; with `macs_target` /
@@ -154,7 +175,8 @@ def iterative(model: nn.Module, example_inputs, rates, *, finetune, evaluate, me
     settings = json.loads(json.dumps({
         "rates": rates, "metric": metric, "tolerance": tolerance, "macs_target": macs_target,
         "params_target": params_target, "criterion": criterion, "policy": policy, "seed": seed,
-        "arch": getattr(model, "_gmlib_arch", None), "input_shape": list(x.shape), "prune_kwargs": prune_kwargs}))
+        "arch": getattr(model, "_gmlib_arch", None), "input_shape": list(x.shape), "prune_kwargs": prune_kwargs,
+        "recalibrate": recalibrate is not None}))
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
     device = next(model.parameters()).device
     history, current, best = _resume(folder, settings, device) if folder is not None else (None, None, None)
@@ -165,6 +187,7 @@ def iterative(model: nn.Module, example_inputs, rates, *, finetune, evaluate, me
         row = {"step": 0, "rate": 0.0, "step_rate": 0.0, "params": sum(p.numel() for p in model.parameters()),
                "macs": count(model, tuple(x.shape[1:]))[1] if x.dim() == 4 else None,
                "params_reduction": 0.0, "macs_reduction": 0.0, **_scalars(scores, "_before"),
+               **(_scalars(scores, "_recal") if recalibrate is not None else {}),
                **_scalars(scores, "_after"), "seconds": 0.0, "within_tolerance": True, "stop": False}
         history = [row]
         if folder is not None:
@@ -184,6 +207,9 @@ def iterative(model: nn.Module, example_inputs, rates, *, finetune, evaluate, me
         report = prune(current, example_inputs, step_rate, criterion=criterion, policy=policy,
                        seed=seed * 1000 + k, **prune_kwargs)
         before = _scalars(evaluate(current), "_before")
+        if recalibrate is not None:
+            recalibrate(current)
+            before.update(_scalars(evaluate(current), "_recal"))
         finetune(current, seed * 1000 + k)
         after = _scalars(evaluate(current), "_after")
         size = {"params": report.params_after, "macs": report.macs_after,

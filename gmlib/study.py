@@ -1,9 +1,11 @@
-"""The set-up every chapter of the study shares: a profile (network, data, training budget), the data split, the
-trained baseline, and the fine-tune and evaluate calls that the pruning chapters hand to `gmlib.schedule`.
+"""The set-up every chapter of the study shares: a profile (network, data, training budget), the three-way data
+split, the trained baseline, and the experiments the chapters report, each read from the results store.
 
-The baseline is trained once and saved as results/baseline/<arch>-<key>.pt, key = hash of its configuration and of
-the data it was trained on; every chapter asks for it by configuration and gets that file, or trains it through the
-same call when it is missing. A checkpoint of another configuration has another name, so it is never reused.
+Every expensive result is a `gmlib.store` record keyed by its whole configuration: the baseline (its fp16-rounded
+weights, post-processing, validation and test scores, learning curve), each pruned point (scores right after
+pruning and after BatchNorm recalibration), each fine-tuned point, each from-scratch control. A chapter asks for a
+record by configuration and gets the stored one, or computes and stores it when it is missing (never in a read-only
+store). Validation strips pick the best epoch and the post-processing; every reported score is on the test strips.
 """
 import copy
 import dataclasses
@@ -18,13 +20,17 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, WeightedRandomSampler
+from tqdm.auto import tqdm
 
 from . import data, metrics, models, train
 from .graph import analyse
-from .surgery import apply_kept
+from .recalibrate import recalibrate_bn
+from .schedule import iterative, prune_and_score
+from .store import Store
+from .surgery import apply_kept, prune
 from .utils import default_device
 
-__all__ = ["BaselineConfig", "FinetuneConfig", "PROFILES", "Baseline", "Study"]
+__all__ = ["BaselineConfig", "FinetuneConfig", "PROFILES", "Baseline", "Study", "plateaued"]
 
 # Minimum defect areas tried when tuning the post-processing, in pixels of a full-resolution strip (they are scaled by
 # scale^2): the range strong Severstal solutions used (a few hundred to a few thousand pixels).
@@ -38,7 +44,8 @@ class BaselineConfig:
     arch: str                   # a gmlib.models name
     n_images: int               # synthetic strips to generate (ignored for real data)
     data_seed: int              # seed of the synthetic set
-    val_fraction: float         # share held out, stratified by each image's rarest class
+    val_fraction: float         # share held out for the best epoch and the post-processing
+    test_fraction: float        # share held out for every reported score; both stratified by each image's rarest class
     scale: float                # downscale factor of the strips (1.0 = 256 x 1600)
     crop: tuple                 # training crop (h, w) after scaling
     batch_size: int
@@ -57,33 +64,53 @@ class FinetuneConfig:
     steps: int                  # optimiser steps (batches of the baseline's batch size)
     lr: float                   # AdamW peak lr, cosine to 0 over the steps
     weight_decay: float = 1e-4
+    recal_batches: int = 25     # training batches that re-estimate the BatchNorm statistics after pruning
 
 
 PROFILES = {
     # a 2-core CPU: the small encoder, quarter-resolution strips (64 x 400), a few minutes of training
-    "quick": (BaselineConfig(arch="fpn_resnest14d", n_images=2000, data_seed=0, val_fraction=0.25, scale=0.25,
-                             crop=(64, 256), batch_size=8, epochs=3, lr=1e-3, weight_decay=1e-4, pos_weight=5.0,
+    "quick": (BaselineConfig(arch="fpn_resnest14d", n_images=3000, data_seed=0, val_fraction=0.2, test_fraction=0.2,
+                             scale=0.25, crop=(64, 256), batch_size=8, epochs=16, lr=1e-3, weight_decay=1e-4, pos_weight=5.0,
                              defect_oversampling=3.0, monitor="dice_positive", seed=0),
-              FinetuneConfig(steps=40, lr=5e-4)),
+              FinetuneConfig(steps=56, lr=5e-4)),  # a quarter of an epoch (225 batches of 8 crops)
     # a GPU: the paper's FPN-ResNeSt50 on full-resolution strips, as many synthetic strips as the real train set
-    "paper": (BaselineConfig(arch="fpn_resnest50", n_images=12568, data_seed=0, val_fraction=0.2, scale=1.0,
+    "paper": (BaselineConfig(arch="fpn_resnest50", n_images=12568, data_seed=0, val_fraction=0.15, test_fraction=0.15,
+                             scale=1.0,
                              crop=(256, 512), batch_size=16, epochs=40, lr=3e-4, weight_decay=1e-4, pos_weight=5.0,
                              defect_oversampling=3.0, monitor="dice_positive", seed=0),
               FinetuneConfig(steps=2000, lr=1e-4)),
+    # seconds: every experiment path end to end on a handful of strips (tests, CI)
+    "smoke": (BaselineConfig(arch="fpn_resnest14d", n_images=24, data_seed=1, val_fraction=0.25, test_fraction=0.25,
+                             scale=0.125, crop=(32, 128), batch_size=4, epochs=2, lr=1e-3, weight_decay=1e-4,
+                             pos_weight=5.0, defect_oversampling=3.0, monitor="dice_positive", seed=0),
+              FinetuneConfig(steps=2, lr=1e-4, recal_batches=2)),
 }
+RECAL_SEED = 10_000  # seed of the crops that recalibrate the norms: the same crops for every pruned network
+
+
+def plateaued(history: pd.DataFrame, column: str, fraction: float = 0.25, tol: float = 0.005) -> bool:
+    """True when the last `fraction` of the epochs raise the best `column` by less than `tol` over the epochs
+    before them: the learning curve has flattened."""
+    values = history[column].astype(float).tolist()
+    tail = max(1, int(round(fraction * len(values))))
+    if len(values) <= tail:
+        return False
+    return max(values[-tail:]) - max(values[:-tail]) < tol
 
 
 @dataclass
 class Baseline:
-    """The trained baseline: network (eval mode), tuned post-processing, validation scores, training history."""
+    """The trained baseline: network (eval mode, fp16-rounded weights), tuned post-processing, scores, history."""
     model: nn.Module
     postprocess: dict           # {"threshold": [4 floats], "min_area": [4 ints]} chosen on the validation strips
-    scores: dict                # train.evaluate with that post-processing
+    scores: dict                # train.evaluate on the test strips with that post-processing
+    val_scores: dict            # the same on the validation strips (which chose the post-processing: optimistic)
+    raw_scores: dict            # test scores at the raw threshold 0.5, no minimum area
     history: pd.DataFrame       # one row per epoch
-    path: Path
+    path: Path                  # its store record
     key: str
-    seconds: float              # training wall time (when it was trained)
-    trained_now: bool           # False: loaded from `path`
+    seconds: float              # training wall time
+    trained_now: bool           # False: read from the store
 
     def copy(self) -> nn.Module:
         """A deep copy of the network, to prune without touching the baseline."""
@@ -91,18 +118,20 @@ class Baseline:
 
 
 class Study:
-    """One profile's data, baseline, fine-tuning and evaluation.
+    """One profile's data, baseline, fine-tuning, evaluation and stored experiments.
 
     Args:
-        profile: "quick" or "paper" (see PROFILES), or a (BaselineConfig, FinetuneConfig) pair.
+        profile: "quick", "paper" or "smoke" (see PROFILES), or a (BaselineConfig, FinetuneConfig) pair.
         data_dir: a Severstal-layout folder; the synthetic set is generated there unless it holds real data.
-        results_dir: where results/baseline/ checkpoints live.
+        results_dir: where figures, tables and resumable run folders go.
+        store_dir: the results store (the study's committed one is data/store/); read-only under
+            GMLIB_STORE_READONLY=1, as in `make nbval`.
         device: default CUDA when present.
         overrides: BaselineConfig fields to change, e.g. seed=1 or epochs=10 (a new configuration, a new key).
     """
 
-    def __init__(self, profile="quick", data_dir="../data/synthetic", results_dir="../results", *, device=None,
-                 progress: bool = True, **overrides):
+    def __init__(self, profile="quick", data_dir="../data/synthetic", results_dir="../results", *,
+                 store_dir="../data/store", device=None, progress: bool = True, **overrides):
         if isinstance(profile, str):
             if profile not in PROFILES:
                 raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
@@ -121,17 +150,20 @@ class Study:
         self.device = torch.device(device) if device is not None else default_device()
         self.progress = progress
         self.results_dir = Path(results_dir)
+        self.store = Store(store_dir)
         self.data_dir = data.ensure_data(data_dir, cfg.n_images, cfg.data_seed, progress=progress)
         full = data.SeverstalDataset(self.data_dir)
-        self.train_ids, self.val_ids = full.split(cfg.val_fraction, cfg.data_seed)
+        self.train_ids, self.val_ids, self.test_ids = full.split(cfg.val_fraction, cfg.data_seed, cfg.test_fraction)
         self.train_set = data.SeverstalDataset(self.data_dir, self.train_ids, crop=cfg.crop, flip=True,
                                                scale=cfg.scale, generator=torch.Generator(), cache=True)
         self.val_set = data.SeverstalDataset(self.data_dir, self.val_ids, scale=cfg.scale, cache=True)
+        self.test_set = data.SeverstalDataset(self.data_dir, self.test_ids, scale=cfg.scale, cache=True)
         self.val_loader = DataLoader(self.val_set, batch_size=16, num_workers=0)
+        self.test_loader = DataLoader(self.test_set, batch_size=16, num_workers=0)
         self._weights = [cfg.defect_oversampling if has else 1.0 for has in self.train_set.has_defect()]
         self.loss_fn = partial(train.bce_dice_loss, pos_weight=cfg.pos_weight)
         h, w = self.val_set.size
-        self.input_size = (3, h + -h % 32, w + -w % 32)  # one validation strip, padded as the FPN sees it
+        self.input_size = (3, h + -h % 32, w + -w % 32)  # one strip, padded as the FPN sees it
         self._baseline = None
 
     # ------------------------------------------------------------------------------------------------ data
@@ -144,11 +176,20 @@ class Study:
                                         generator=torch.Generator().manual_seed(seed))
         return DataLoader(self.train_set, batch_size=bs, sampler=sampler, num_workers=0)
 
+    def loader(self, split: str) -> DataLoader:
+        if split not in ("val", "test"):
+            raise ValueError(f"split must be 'val' or 'test', got {split!r}")
+        return self.val_loader if split == "val" else self.test_loader
+
+    def target(self, split: str = "test") -> torch.Tensor:
+        """The masks of a split's strips, (N, 4, H, W) bool."""
+        return torch.cat([mask for _, mask in self.loader(split)]).bool()
+
     def val_target(self) -> torch.Tensor:
-        return torch.cat([mask for _, mask in self.val_loader]).bool()
+        return self.target("val")
 
     def example_input(self) -> torch.Tensor:
-        """A zero batch of one padded validation strip: what `prune` traces and counts MACs on."""
+        """A zero batch of one padded strip: what `prune` traces and counts MACs on."""
         return torch.zeros(1, *self.input_size, device=self.device)
 
     def data_identity(self) -> dict:
@@ -157,7 +198,11 @@ class Study:
         if manifest.is_file():
             return json.loads(manifest.read_text())
         return {"real": hashlib.sha256((self.data_dir / "train.csv").read_bytes()).hexdigest()[:16],
-                "n_images": len(self.train_ids) + len(self.val_ids)}
+                "n_images": len(self.train_ids) + len(self.val_ids) + len(self.test_ids)}
+
+    def epoch_steps(self, epochs: float) -> int:
+        """Optimiser steps in `epochs` of the baseline's training (one epoch = one pass's worth of batches)."""
+        return max(1, int(round(epochs * len(self._weights) / self.config.batch_size)))
 
     # ------------------------------------------------------------------------------------------------ training
     def fit(self, model: nn.Module, *, seed: int | None = None) -> pd.DataFrame:
@@ -168,18 +213,24 @@ class Study:
                          weight_decay=cfg.weight_decay, device=self.device, seed=seed, monitor=cfg.monitor,
                          loss_fn=self.loss_fn, progress=self.progress)
 
-    def finetune(self, model: nn.Module, seed: int = 0, *, steps: int | None = None) -> pd.DataFrame:
-        """Fine-tune in place for the fixed budget (FinetuneConfig, or `steps`): no validation, last weights kept."""
+    def finetune(self, model: nn.Module, seed: int = 0, *, steps: int | None = None,
+                 lr: float | None = None) -> pd.DataFrame:
+        """Fine-tune in place for a fixed budget (FinetuneConfig, or `steps` / `lr`): no validation, last weights."""
         ft = self.finetune_config
-        steps = ft.steps if steps is None else steps
-        return train.fit(model, self.train_loader(seed, steps), None, epochs=1, lr=ft.lr,
-                         weight_decay=ft.weight_decay, device=self.device, seed=seed, loss_fn=self.loss_fn,
-                         progress=False)
+        return train.fit(model, self.train_loader(seed, ft.steps if steps is None else steps), None, epochs=1,
+                         lr=ft.lr if lr is None else lr, weight_decay=ft.weight_decay, device=self.device,
+                         seed=seed, loss_fn=self.loss_fn, progress=False)
 
-    def evaluate(self, model: nn.Module, postprocess: dict | None = None) -> dict:
-        """Validation loss and Dice (Kaggle, positive pairs, per class) with the baseline's tuned post-processing."""
+    def recalibrate(self, model: nn.Module) -> nn.Module:
+        """Re-estimate the BatchNorm statistics of `model` on `recal_batches` training batches (fixed crops)."""
+        n = self.finetune_config.recal_batches
+        return recalibrate_bn(model, self.train_loader(RECAL_SEED, n), n, device=self.device)
+
+    def evaluate(self, model: nn.Module, postprocess: dict | None = None, split: str = "test") -> dict:
+        """Loss and Dice (Kaggle, positive pairs, per class) on a split's strips (default: test) with the baseline's
+        tuned post-processing."""
         post = postprocess if postprocess is not None else self.baseline().postprocess
-        return train.evaluate(model, self.val_loader, device=self.device, threshold=post["threshold"],
+        return train.evaluate(model, self.loader(split), device=self.device, threshold=post["threshold"],
                               min_area=post["min_area"], loss_fn=self.loss_fn)
 
     def tune_postprocess(self, model: nn.Module) -> dict:
@@ -208,45 +259,188 @@ class Study:
         return model.to(self.device)
 
     # ------------------------------------------------------------------------------------------------ baseline
+    def baseline_config(self) -> dict:
+        return {"config": dataclasses.asdict(self.config), "data": self.data_identity()}
+
     def key(self) -> str:
-        blob = json.dumps({"config": dataclasses.asdict(self.config), "data": self.data_identity()}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+        return self.store.path("baseline", self.baseline_config()).stem
 
-    def checkpoint_path(self) -> Path:
-        return self.results_dir / "baseline" / f"{self.config.arch}-{self.key()}.pt"
+    def baseline(self) -> Baseline:
+        """The trained baseline of this configuration: read from the store, or trained, rounded to fp16, tuned,
+        scored and stored when missing. Kept in memory after the first call."""
+        if self._baseline is None:
+            trained_now = []
 
-    def baseline(self, *, retrain: bool = False) -> Baseline:
-        """The trained baseline of this configuration: loaded from its checkpoint, or trained (and saved) if the
-        checkpoint is missing or `retrain`. Kept in memory after the first call."""
-        if self._baseline is not None and not retrain:
-            return self._baseline
-        path, key = self.checkpoint_path(), self.key()
-        if path.is_file() and not retrain:
-            self._baseline = self._load(path, key)
-        else:
-            self._baseline = self._train(path, key)
+            def compute():
+                trained_now.append(True)
+                return self._train()
+            record = self.store.fetch("baseline", self.baseline_config(), compute)
+            model = self._load_weights(models.create(self.config.arch), record.tensors())
+            r = record.result
+            self._baseline = Baseline(model.eval(), r["postprocess"], r["test"], r["val"], r["test_raw"],
+                                      pd.DataFrame(r["history"]), record.path, record.key, r["train_seconds"],
+                                      bool(trained_now))
         return self._baseline
 
-    def _train(self, path, key) -> Baseline:
+    def _load_weights(self, model, tensors):
+        """`tensors` into `model`, which goes to the study's device."""
+        model.load_state_dict(tensors)  # copy_ casts the fp16 weights to the model's float32
+        return model.to(self.device)
+
+    def _train(self):
         cfg = self.config
         model = models.create(cfg.arch, seed=cfg.seed)
         start = time.perf_counter()
         history = self.fit(model)
-        seconds = time.perf_counter() - start
-        post = self.tune_postprocess(model)
-        scores = self.evaluate(model, post)
-        rows = [{k: v.item() if hasattr(v, "item") else v for k, v in row.items()}  # plain Python numbers:
-                for row in history.to_dict("records")]                              # weights_only-loadable
-        train.save_checkpoint(path, model, key=key, config=dataclasses.asdict(cfg), data=self.data_identity(),
-                              postprocess=post, scores=scores, history=rows, seconds=seconds)
-        return Baseline(model.eval(), post, scores, pd.DataFrame(rows), path, key, seconds, True)
+        return self.finish_baseline(model, history, time.perf_counter() - start)
 
-    def _load(self, path, key) -> Baseline:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        if blob.get("key") != key:
-            raise ValueError(f"{path} holds key {blob.get('key')!r}, expected {key!r}: delete it to retrain")
-        model = models.create(self.config.arch)
-        model.load_state_dict(blob["state_dict"])
-        model.to(self.device).eval()
-        return Baseline(model, blob["postprocess"], blob["scores"], pd.DataFrame(blob["history"]), path, key,
-                        blob["seconds"], False)
+    def finish_baseline(self, model: nn.Module, history: pd.DataFrame, seconds: float):
+        """(result, fp16 weights) of a trained baseline: the weights rounded to fp16 once (what every chapter then
+        uses), the post-processing tuned on the validation strips, scores on validation and test."""
+        half = _rounded(model)
+        model = self._load_weights(model, half).eval()
+        post = self.tune_postprocess(model)
+        rows = _history_rows(history)
+        raw = {"threshold": [0.5] * 4, "min_area": None}
+        result = {"postprocess": post, "val": self.evaluate(model, post, "val"),
+                  "test": self.evaluate(model, post, "test"), "test_raw": self.evaluate(model, raw, "test"),
+                  "history": rows, "train_seconds": seconds}
+        return result, half
+
+    # ------------------------------------------------------------------------------------------------ experiments
+    def _pruned_config(self, criterion, rate, policy, seed):
+        return {"baseline": self.baseline().key, "criterion": criterion, "rate": float(rate), "policy": policy,
+                "seed": int(seed) if criterion == "random" else 0,
+                "recal_batches": self.finetune_config.recal_batches}
+
+    def _budget(self, steps, lr):
+        ft = self.finetune_config
+        return ft.steps if steps is None else int(steps), ft.lr if lr is None else float(lr)
+
+    def _finetuned_config(self, criterion, rate, policy, seed, steps, lr):
+        return {**self._pruned_config(criterion, rate, policy, seed), "finetune_seed": int(seed), "steps": steps,
+                "lr": lr, "weight_decay": self.finetune_config.weight_decay}
+
+    def _prune(self, criterion, rate, policy, seed, evaluate_before):
+        base = self.baseline()
+        return prune_and_score(base.model, self.example_input(), rate, evaluate=self.evaluate,
+                               recalibrate=self.recalibrate, criterion=criterion, policy=policy, seed=seed,
+                               evaluate_before=evaluate_before, **self.prune_kwargs(criterion, base.model))
+
+    def pruned_point(self, criterion: str, rate: float, *, policy: str = "or-merge", seed: int = 0) -> dict:
+        """Sizes and test scores of the baseline pruned at `rate`: right after pruning (`<score>_before`) and after
+        BatchNorm recalibration (`<score>_recal`). Stored; `seed` matters for the random criterion only."""
+        def compute():
+            _, report, scores, _ = self._prune(criterion, rate, policy, seed, True)
+            return {"params": report.params_after, "macs": report.macs_after,
+                    "params_reduction": 100.0 * (1 - report.params_after / report.params_before),
+                    "macs_reduction": report.macs_reduction, **scores}
+        return self.store.fetch("pruned", self._pruned_config(criterion, rate, policy, seed), compute).result
+
+    def finetuned_point(self, criterion: str, rate: float, *, policy: str = "or-merge", seed: int = 0,
+                        steps: int | None = None, lr: float | None = None) -> dict:
+        """Test scores (`<score>_after`) of the pruned, recalibrated network after fine-tuning with `seed` for
+        `steps` at `lr` (default FinetuneConfig). Stored."""
+        steps, lr = self._budget(steps, lr)
+        config = self._finetuned_config(criterion, rate, policy, seed, steps, lr)
+
+        def compute():
+            pruned, *_ = self._prune(criterion, rate, policy, seed, False)
+            history = self.finetune(pruned, seed, steps=steps, lr=lr)
+            scores = self.evaluate(pruned)
+            return {**{f"{k}_after": float(v) for k, v in scores.items() if isinstance(v, (int, float))},
+                    "train_loss": float(history["train_loss"].iloc[-1])}
+        return self.store.fetch("finetuned", config, compute).result
+
+    def point(self, criterion: str, rate: float, *, policy: str = "or-merge", seed: int = 0,
+              steps: int | None = None, lr: float | None = None) -> dict:
+        """One row of the study: the pruned point and its fine-tuned seed, both from the store (or computed)."""
+        budget = self._budget(steps, lr)
+        return {"criterion": criterion, "policy": policy, "rate": float(rate), "seed": seed,
+                "steps": budget[0], "lr": budget[1],
+                **self.pruned_point(criterion, rate, policy=policy, seed=seed),
+                **self.finetuned_point(criterion, rate, policy=policy, seed=seed, steps=steps, lr=lr)}
+
+    def points(self, grid, desc: str = "points") -> pd.DataFrame:
+        """`point(**p)` for every dict `p` of `grid`, one row each; missing ones are computed (and stored) in turn,
+        so a killed run resumes at the first point it had not finished."""
+        grid = [{"policy": "or-merge", "seed": 0, "steps": None, "lr": None, **p} for p in grid]
+        missing = [p for p in grid if not all(self.store.path(kind, config).is_file() for kind, config in (
+            ("pruned", self._pruned_config(p["criterion"], p["rate"], p["policy"], p["seed"])),
+            ("finetuned", self._finetuned_config(p["criterion"], p["rate"], p["policy"], p["seed"],
+                                                 *self._budget(p["steps"], p["lr"])))))]
+        bar = tqdm(total=len(missing), desc=f"{desc} to compute", mininterval=10,
+                   disable=not self.progress or not missing)  # no bar when all are stored (nbval, a reader)
+        rows = []
+        for p in grid:
+            rows.append(self.point(**p))
+            bar.update(p in missing)
+        bar.close()
+        return pd.DataFrame(rows)
+
+    def scratch_point(self, criterion: str, rate: float, *, policy: str = "or-merge", seed: int = 0,
+                      steps: int | None = None, lr: float | None = None) -> dict:
+        """The from-scratch control (Liu et al. 2019, Scratch-B): the architecture `criterion` leaves at `rate`
+        with fresh weights, trained with the baseline's whole recipe, then given the same fine-tuning budget as
+        its pruned twin (`steps` at `lr`). Test scores `<score>_after`. The trained weights are stored once and
+        shared by every budget."""
+        ft = self.finetune_config
+        steps, lr = self._budget(steps, lr)
+        pruned = copy.deepcopy(self.baseline().model)
+        prune(pruned, self.example_input(), rate, criterion=criterion, policy=policy, seed=seed, count_macs=False,
+              **self.prune_kwargs(criterion, pruned))
+        config = {"baseline": self.baseline().key, "criterion": criterion, "rate": float(rate), "policy": policy,
+                  "init_seed": 100 + int(seed)}
+
+        def train_scratch():
+            model = self.scratch_like(pruned, seed=100 + seed)
+            start = time.perf_counter()
+            history = self.fit(model, seed=100 + seed)
+            return {"history": _history_rows(history), "train_seconds": time.perf_counter() - start}, _rounded(model)
+        trained = self.store.fetch("scratch", config, train_scratch)
+
+        def compute():
+            model = self._load_weights(self.scratch_like(pruned, seed=100 + seed), trained.tensors())
+            self.finetune(model, seed, steps=steps, lr=lr)
+            scores = self.evaluate(model)
+            return {f"{k}_after": float(v) for k, v in scores.items() if isinstance(v, (int, float))}
+        tuned = self.store.fetch("finetuned", {**config, "scratch": trained.key, "finetune_seed": int(seed),
+                                               "steps": steps, "lr": lr, "weight_decay": ft.weight_decay}, compute)
+        return {"criterion": "scratch", "policy": policy, "rate": float(rate), "seed": seed, "steps": steps,
+                "lr": lr, **tuned.result}
+
+    def iterative_run(self, rates, *, criterion: str = "fpgm", policy: str = "or-merge", metric: str = "dice_kaggle",
+                      tolerance: float | None = None, macs_target: float | None = None, seed: int = 0) -> pd.DataFrame:
+        """The history of `gmlib.iterative` on the baseline (prune, recalibrate, fine-tune with FinetuneConfig, one
+        row per step, test scores). Stored; while it is computed, every finished step is also checkpointed under
+        results_dir/iterative/<key>/, so a killed run resumes after its last finished step."""
+        ft = self.finetune_config
+        config = {"baseline": self.baseline().key, "rates": [float(r) for r in rates], "criterion": criterion,
+                  "policy": policy, "metric": metric, "tolerance": tolerance, "macs_target": macs_target,
+                  "seed": int(seed), "steps": ft.steps, "lr": ft.lr, "weight_decay": ft.weight_decay,
+                  "recal_batches": ft.recal_batches}
+        folder = self.results_dir / "iterative" / self.store.path("iterative", config).stem
+
+        def compute():
+            base = self.baseline()
+            run = iterative(base.model, self.example_input(), rates, finetune=self.finetune, evaluate=self.evaluate,
+                            recalibrate=self.recalibrate, metric=metric, tolerance=tolerance, macs_target=macs_target,
+                            criterion=criterion, policy=policy, seed=seed, checkpoint_dir=folder,
+                            reference=base.scores, progress=self.progress,
+                            **self.prune_kwargs(criterion, base.model))
+            return {"history": _history_rows(run.history), "chosen_step": run.chosen_step}
+        record = self.store.fetch("iterative", config, compute)
+        history = pd.DataFrame(record.result["history"])
+        history.attrs["chosen_step"] = record.result["chosen_step"]
+        return history
+
+
+def _rounded(model: nn.Module) -> dict:
+    """The state dict with floating tensors rounded to fp16: half the bytes in the store, and the weights every
+    experiment then starts from (so a fresh clone computes on exactly what the store holds)."""
+    return {k: v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu()
+            for k, v in model.state_dict().items()}
+
+
+def _history_rows(frame: pd.DataFrame) -> list:
+    return [{k: v.item() if hasattr(v, "item") else v for k, v in row.items()} for row in frame.to_dict("records")]

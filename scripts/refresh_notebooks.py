@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def strip(path: Path) -> None:
     """Drop papermill's run metadata and the injected-parameters tag, collapse progress bars; keep outputs and tags."""
     nb = nbformat.read(path, as_version=4)
+    nb.cells = [c for c in nb.cells if "papermill-error-cell-tag" not in c.metadata.get("tags", [])]
     nb.metadata.pop("papermill", None)
     nb.metadata.pop("widgets", None)
     for cell in nb.cells:
@@ -39,8 +40,10 @@ def main(paths):
     paths = [Path(p) for p in paths] or sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     for path in paths:
         print(f"==> {path.name}", flush=True)
-        pm.execute_notebook(str(path), str(path), cwd=str(path.parent), progress_bar=False, config=KERNEL_CONFIG)
-        strip(path)
+        try:
+            pm.execute_notebook(str(path), str(path), cwd=str(path.parent), progress_bar=False, config=KERNEL_CONFIG)
+        finally:
+            strip(path)  # a failed run leaves papermill's error banners in the notebook: never commit those
     return 0
 
 

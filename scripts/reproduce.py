@@ -1,7 +1,10 @@
 """Run the whole study: execute every notebook in notebooks/ with papermill into results/, in order.
 
-Usage: python scripts/reproduce.py [--profile quick|paper] [--only 03] [-p NAME VALUE ...] [--index-only]
-Parameters given with -p are passed to every notebook that declares them (checked with papermill.inspect_notebook).
+Usage: python scripts/reproduce.py [--profile quick|paper] [--only 03] [-p NAME VALUE ...] [--fresh] [--index-only]
+Parameters given with -p are passed to every notebook that declares them (checked with papermill.inspect_notebook:
+a name that no selected notebook declares is an error). The chapters read their expensive results from the store
+(data/store/) and compute only what is missing; --fresh recomputes every record (resumable: a killed run goes on
+where it stopped when started again with --fresh, and the marker is removed once every chapter has run).
 Afterwards results/index.md collects every chapter's summary.json and the environment of the run (the paper's
 Table 2); --index-only rewrites it from what is in results/ without running anything.
 """
@@ -18,6 +21,7 @@ import papermill as pm
 import zmq
 from traitlets.config import Config
 
+from gmlib.store import FRESH_MARKER
 from gmlib.utils import atomic_open, environment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -185,6 +189,8 @@ def main(argv=None):
     ap.add_argument("--results", default=str(ROOT / "results"))
     ap.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
     ap.add_argument("--index-only", action="store_true", help="only rewrite results/index.md from results/")
+    ap.add_argument("--fresh", action="store_true", help="recompute every record of the store (resumable)")
+    ap.add_argument("--store", default=str(ROOT / "data" / "store"))
     args = ap.parse_args(argv)
 
     results = Path(args.results)
@@ -198,16 +204,25 @@ def main(argv=None):
     if not notebooks:
         sys.exit("no notebooks selected")
     extra = {name: parse_value(value) for name, value in args.param}
+    declared = {nb.name: pm.inspect_notebook(str(nb)) for nb in notebooks}
+    known = set().union(*declared.values())
+    unknown = sorted(set(extra) - known)
+    if unknown:
+        sys.exit(f"unknown parameter(s) {', '.join(unknown)}: no selected notebook declares them; "
+                 f"they declare {', '.join(sorted(known))}")
+    marker = Path(args.store) / FRESH_MARKER
+    if args.fresh and not marker.is_file():  # kept across a kill, so the next --fresh run resumes
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(repr(time.time()))
 
     failures, summary = [], []
     for nb in notebooks:
-        declared = pm.inspect_notebook(str(nb))
-        if not declared:
+        if not declared[nb.name]:
             failures.append((nb.name, "no cell tagged 'parameters'"))
             continue
-        params = {"PROFILE": args.profile, "RESULTS_DIR": str(results)}
+        params = {"PROFILE": args.profile, "RESULTS_DIR": str(results), "STORE_DIR": str(Path(args.store))}
         params.update(extra)
-        params = {k: v for k, v in params.items() if k in declared}
+        params = {k: v for k, v in params.items() if k in declared[nb.name]}
         start = time.perf_counter()
         print(f"==> {nb.name} {params}", flush=True)
         try:
@@ -222,6 +237,8 @@ def main(argv=None):
         print(f"  {name:40s} {status:7s} {seconds:7.1f} s")
     for name, why in failures:
         print(f"  {name}: {why}")
+    if args.fresh and not failures:
+        marker.unlink(missing_ok=True)
     print(f"\nwrote {write_index(results)}")
     return 1 if failures else 0
 

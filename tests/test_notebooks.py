@@ -44,18 +44,20 @@ def measured(nb) -> list:
     return [float(v) for t in texts for v in re.findall(r"\d+(?:\.\d+)?(?:e-?\d+)?", "".join(t))]
 
 
+def unbacked_in(markdown: str, numbers: list) -> list:
+    """The figures of `markdown` that none of `numbers` backs, within the rounding they are written with."""
+    out = []
+    for value, percent, sentence in figures(markdown):
+        x = float(value)
+        tol = 0.5 * 10 ** -(len(value.split(".")[1]) if "." in value else 0) + 1e-12
+        if not any(abs(n - x) <= tol or (percent and abs(100 * n - x) <= tol) for n in numbers):
+            out.append(f"{value}{' %' if percent else ''} in: {sentence[:160]}")
+    return out
+
+
 def unbacked(nb) -> list:
     numbers = measured(nb)
-    out = []
-    for cell in nb.cells:
-        if cell.cell_type != "markdown":
-            continue
-        for value, percent, sentence in figures(cell.source):
-            x = float(value)
-            tol = 0.5 * 10 ** -(len(value.split(".")[1]) if "." in value else 0) + 1e-12
-            if not any(abs(n - x) <= tol or (percent and abs(100 * n - x) <= tol) for n in numbers):
-                out.append(f"{value}{' %' if percent else ''} in: {sentence[:160]}")
-    return out
+    return [f for cell in nb.cells if cell.cell_type == "markdown" for f in unbacked_in(cell.source, numbers)]
 
 
 def test_the_checker_flags_an_unbacked_figure_and_spares_cited_ones():
@@ -88,3 +90,15 @@ def test_chapter_has_title_parameters_summary_and_exercises(path):
     assert exercises, "an '## Exercises' section"
     assert 2 <= len(re.findall(r"^\d+\. ", exercises.group(1).split("<details>")[0], re.M)) <= 3, "2-3 exercises"
     assert "<details>" in exercises.group(1) and "Answers" in exercises.group(1), "worked answers in <details>"
+
+
+def test_readme_findings_quote_only_figures_the_chapters_produce():
+    """The README's Findings section is rendered from the store through the chapters: every figure it quotes must
+    be among the stored outputs of the study's chapters (05-11), within its rounding."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = re.search(r"^## Findings\n(.*?)(?=^## |\Z)", readme, re.S | re.M)
+    assert section, "README.md has a '## Findings' section"
+    chapters = [nbformat.read(p, as_version=4) for p in CHAPTERS if "05" <= p.stem[:2] <= "11"]
+    assert list(figures(section.group(1))), "the Findings quote no figure at all"
+    missing = unbacked_in(section.group(1), [n for nb in chapters for n in measured(nb)])
+    assert not missing, "\n".join(missing)

@@ -134,6 +134,13 @@ def test_index_only_command(tmp_path, capsys):
     assert (tmp_path / "index.md").is_file() and "index.md" in capsys.readouterr().out
 
 
+def test_a_parameter_no_notebook_declares_is_an_error(tmp_path):
+    with pytest.raises(SystemExit, match=r"unknown parameter\(s\) SEEDZ: no selected notebook declares them; "
+                                         r"they declare .*SEED"):
+        reproduce.main(["--only", "01", "--results", str(tmp_path), "-p", "SEEDZ", "3"])
+    assert not list(tmp_path.iterdir())  # refused before anything ran
+
+
 def test_environment_reports_documented_keys_as_strings(monkeypatch):
     import platform
     from importlib import metadata

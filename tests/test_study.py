@@ -1,73 +1,110 @@
-"""gmlib.study: the baseline is trained once, saved under a key of its configuration and data, reloaded by the same
-configuration (same weights, scores and post-processing) and never confused with another configuration's file."""
+"""gmlib.study on the smoke profile: the baseline is trained once into the store (fp16 weights), read back by the
+same configuration, never confused with another; every experiment path (pruned, fine-tuned, scratch) runs end to end,
+is stored, and is read back instead of recomputed; a read-only store refuses to compute."""
 import dataclasses
 
 import pytest
 import torch
 
 import gmlib
-from gmlib.study import PROFILES, BaselineConfig, FinetuneConfig, Study
+from gmlib.store import MissingRecord
+from gmlib.study import PROFILES, Study, plateaued
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-TINY = (BaselineConfig(arch="fpn_resnest14d", n_images=16, data_seed=1, val_fraction=0.25, scale=0.25,
-                       crop=(64, 128), batch_size=4, epochs=1, lr=1e-3, weight_decay=1e-4, pos_weight=5.0,
-                       defect_oversampling=3.0, monitor="dice_positive", seed=0),
-        FinetuneConfig(steps=2, lr=1e-4))
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
-    return Study(TINY, root / "data", root / "results", device="cpu", progress=False)
+    return Study("smoke", root / "data", root / "results", store_dir=root / "store", device="cpu", progress=False)
 
 
-def test_baseline_is_trained_once_then_loaded_by_its_key(study):
+def fresh(study, **kw):
+    return Study("smoke", study.data_dir, study.results_dir, store_dir=study.store.root, device="cpu",
+                 progress=False, **kw)
+
+
+def test_baseline_is_trained_once_then_read_from_the_store(study):
     first = study.baseline()
-    assert first.trained_now and first.path.is_file() and first.path.name == f"fpn_resnest14d-{first.key}.pt"
+    assert first.trained_now and first.path.is_file() and first.path.parent.name == "baseline"
     assert study.baseline() is first  # kept in memory
-    again = Study(TINY, study.data_dir, study.results_dir, device="cpu", progress=False).baseline()
+    again = fresh(study).baseline()
     assert not again.trained_now and again.key == first.key
     for a, b in zip(first.model.state_dict().values(), again.model.state_dict().values()):
         assert torch.equal(a, b)
+    # the weights every experiment uses are the fp16-rounded ones
+    w = again.model.encoder.conv1[0].weight
+    assert torch.equal(w, w.half().float())
     assert again.postprocess == first.postprocess and again.history.equals(first.history)
-    assert again.scores["dice_kaggle"] == pytest.approx(study.evaluate(again.model)["dice_kaggle"])
-    assert len(first.postprocess["threshold"]) == len(first.postprocess["min_area"]) == 4
+    now = study.evaluate(again.model)  # test split
+    assert {k: again.scores[k] for k in ("loss", "dice_kaggle")} == pytest.approx({k: now[k] for k in ("loss", "dice_kaggle")})
+    assert again.val_scores["dice_kaggle"] == pytest.approx(study.evaluate(again.model, split="val")["dice_kaggle"])
 
 
-def test_another_configuration_gets_another_checkpoint(study):
-    other = (dataclasses.replace(TINY[0], lr=2e-3), TINY[1])
-    s = Study(other, study.data_dir, study.results_dir, device="cpu", progress=False)
-    assert s.key() != study.key() and s.checkpoint_path() != study.checkpoint_path()
-    assert not s.checkpoint_path().exists()  # it would be trained, not loaded from the first one's file
+def test_another_configuration_gets_another_record(study):
+    other = fresh(study, lr=2e-3)
+    assert other.key() != study.key()
+    assert study.store.get("baseline", other.baseline_config()) is None
 
 
-def test_a_checkpoint_whose_key_does_not_match_is_refused(study, tmp_path):
+def test_three_way_split_is_disjoint_and_example_input(study):
+    parts = [set(study.train_ids), set(study.val_ids), set(study.test_ids)]
+    assert all(p for p in parts) and sum(map(len, parts)) == len(set().union(*parts)) == 24
+    assert study.example_input().shape == (1, 3, 32, 224)  # a 32 x 200 strip padded to a multiple of 32
+
+
+def test_points_are_stored_and_read_back(study, monkeypatch):
+    rows = study.points([dict(criterion="fpgm", rate=0.3, seed=s) for s in (0, 1)]
+                        + [dict(criterion="random", rate=0.3, seed=0)])
+    assert list(rows["seed"]) == [0, 1, 0]
+    for col in ("dice_kaggle_before", "dice_kaggle_recal", "dice_kaggle_after", "macs_reduction", "params"):
+        assert rows[col].notna().all(), col
+    assert rows.loc[0, "dice_kaggle_before"] == rows.loc[1, "dice_kaggle_before"]  # one pruned record, two seeds
+    assert len(study.store.records("pruned")) == 2 and len(study.store.records("finetuned")) == 3
+    monkeypatch.setattr(gmlib.study, "prune_and_score", lambda *a, **k: pytest.fail("recomputed a stored point"))
+    again = fresh(study).points([dict(criterion="fpgm", rate=0.3, seed=1)])
+    assert again.iloc[0].to_dict() == rows.iloc[1].to_dict()
+
+
+def test_recalibration_changes_only_norm_statistics(study):
+    model = study.baseline().copy()
+    gmlib.prune(model, study.example_input(), 0.5, count_macs=False)
+    weights = {k: v.clone() for k, v in model.named_parameters()}
+    means = [m.running_mean.clone() for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    study.recalibrate(model)
+    assert all(torch.equal(v, dict(model.named_parameters())[k]) for k, v in weights.items())
+    after = [m.running_mean for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert any(not torch.equal(a, b) for a, b in zip(means, after))
+
+
+def test_scratch_control_is_stored_once_for_every_budget(study):
+    a = study.scratch_point("fpgm", 0.4, steps=1)
+    b = study.scratch_point("fpgm", 0.4, steps=2)
+    assert a["criterion"] == "scratch" and {"dice_kaggle_after", "dice_positive_after"} <= set(a)
+    assert len(study.store.records("scratch")) == 1 and a != b
+
+
+def test_iterative_run_is_stored_with_three_scores_per_step(study, monkeypatch):
+    history = study.iterative_run([0.3, 0.6], tolerance=1.0)
+    assert list(history.step) == [0, 1, 2] and history.attrs["chosen_step"] == 2
+    assert {"dice_kaggle_before", "dice_kaggle_recal", "dice_kaggle_after"} <= set(history.columns)
+    monkeypatch.setattr(gmlib.study, "iterative", lambda *a, **k: pytest.fail("recomputed a stored run"))
+    assert fresh(study).iterative_run([0.3, 0.6], tolerance=1.0).equals(history)
+
+
+def test_read_only_store_refuses_missing_points(study, monkeypatch):
     study.baseline()
-    blob = torch.load(study.checkpoint_path(), weights_only=True)
-    blob["key"] = "0" * 12
-    s = Study(TINY, study.data_dir, tmp_path, device="cpu", progress=False)
-    s.checkpoint_path().parent.mkdir(parents=True)
-    torch.save(blob, s.checkpoint_path())
-    with pytest.raises(ValueError, match="delete it to retrain"):
-        s.baseline()
+    monkeypatch.setenv("GMLIB_STORE_READONLY", "1")
+    s = fresh(study)
+    with pytest.raises(MissingRecord, match="no pruned record .*\"rate\":0.7"):
+        s.point("l1", 0.7)
 
 
-def test_finetune_is_a_fixed_seeded_budget(study):
-    base = study.baseline()
-    runs = []
-    for _ in range(2):
-        model = base.copy()
-        history = study.finetune(model, seed=3)
-        runs.append(model.state_dict())
-        assert len(history) == 1
-    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
-    assert any(not torch.equal(runs[0][k], v) for k, v in base.model.state_dict().items())  # it did train
-
-
-def test_validation_split_and_example_input(study):
-    assert set(study.train_ids).isdisjoint(study.val_ids)
-    assert study.example_input().shape == (1, 3, 64, 416)  # a 64 x 400 strip padded to a multiple of 32
+def test_plateau_rule():
+    import pandas as pd
+    assert plateaued(pd.DataFrame({"s": [0.1, 0.5, 0.6, 0.601]}), "s")
+    assert not plateaued(pd.DataFrame({"s": [0.1, 0.5, 0.6, 0.65]}), "s")
+    assert not plateaued(pd.DataFrame({"s": [0.5]}), "s")
 
 
 def test_profiles_and_bad_input(tmp_path):
@@ -75,7 +112,10 @@ def test_profiles_and_bad_input(tmp_path):
     with pytest.raises(ValueError, match="unknown profile 'fast'"):
         Study("fast", tmp_path / "d", tmp_path / "r")
     with pytest.raises(ValueError, match="arch 'vgg'"):
-        Study((dataclasses.replace(TINY[0], arch="vgg"), TINY[1]), tmp_path / "d", tmp_path / "r")
+        Study((dataclasses.replace(PROFILES["smoke"][0], arch="vgg"), PROFILES["smoke"][1]), tmp_path / "d",
+              tmp_path / "r")
+    with pytest.raises(ValueError, match="unknown BaselineConfig field"):
+        Study("smoke", tmp_path / "d", tmp_path / "r", epochz=3)
 
 
 def test_scratch_like_has_the_pruned_shapes_and_fresh_weights(study):
@@ -94,6 +134,3 @@ def test_prune_kwargs_leave_convs_without_a_norm_to_the_bn_criterion(study):
     ignored = study.prune_kwargs("bn", model)["ignored_layers"]
     assert "decoder.p5" in ignored and "decoder.p2.skip_conv" in ignored
     assert not any(name.startswith("encoder.") for name in ignored)  # every encoder conv has a BatchNorm after it
-    report = gmlib.prune(model, study.example_input(), 0.3, criterion="bn", count_macs=False,
-                         **study.prune_kwargs("bn", model))
-    assert report.params_after < report.params_before

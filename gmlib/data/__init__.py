@@ -4,7 +4,7 @@ Real data and synthetic strips share one layout (`root/train_images/*.jpg`, `roo
 """
 from .rle import IMAGE_SHAPE, rle_decode, rle_encode, rle_runs
 from .labels import CLASS_NAMES, read_labels
-from .dataset import MEAN, STD, SeverstalDataset, load_image, train_val_split
+from .dataset import MEAN, STD, SeverstalDataset, load_image, train_val_split, train_val_test_split
 from .synthetic import (REAL_COUNTS, make_synthetic_severstal, ensure_synthetic, ensure_data, is_synthetic,
                         render_strip)
 from .plot import CLASS_COLORS, show_masks
@@ -12,7 +12,7 @@ from .plot import CLASS_COLORS, show_masks
 __all__ = [
     "IMAGE_SHAPE", "rle_decode", "rle_encode", "rle_runs",
     "CLASS_NAMES", "read_labels",
-    "MEAN", "STD", "SeverstalDataset", "load_image", "train_val_split",
+    "MEAN", "STD", "SeverstalDataset", "load_image", "train_val_split", "train_val_test_split",
     "REAL_COUNTS", "make_synthetic_severstal", "ensure_synthetic", "ensure_data", "is_synthetic", "render_strip",
     "CLASS_COLORS", "show_masks",
 ]

@@ -16,7 +16,8 @@ from torchvision.transforms.v2 import functional as TF
 from .labels import CLASS_NAMES, REAL_CLASS_COUNTS, read_labels
 from .rle import IMAGE_SHAPE, rle_decode
 
-__all__ = ["MEAN", "STD", "SeverstalDataset", "load_image", "train_val_split"]
+__all__ = ["MEAN", "STD", "SeverstalDataset", "load_image", "train_val_split",
+           "train_val_test_split"]
 
 MEAN, STD = 0.344, 0.196  # grey-level statistics of the real Severstal train images in [0, 1]
 
@@ -42,13 +43,25 @@ def train_val_split(image_ids, val_fraction: float, seed: int, *, stratify=None)
 
     With `stratify` (one label per id, e.g. "has a defect"), each label group is split in the same proportion.
     """
+    train, val, _ = train_val_test_split(image_ids, val_fraction, 0.0, seed, stratify=stratify)
+    return train, val
+
+
+def train_val_test_split(image_ids, val_fraction: float, test_fraction: float, seed: int, *, stratify=None):
+    """Deterministic three-way split -> (train_ids, val_ids, test_ids), each sorted; independent of the input order.
+
+    Each label group of `stratify` is permuted once; its first round(test_fraction n) ids go to test, the next
+    round(val_fraction n) to validation. With test_fraction 0 this is `train_val_split`.
+    """
     ids = [str(i) for i in image_ids]
     if len(set(ids)) != len(ids):
         raise ValueError("image_ids contains duplicates")
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    if len(ids) < 2:
-        raise ValueError(f"need at least 2 image ids to split, got {len(ids)}")
+    if not 0.0 <= test_fraction < 1.0 or val_fraction + test_fraction >= 1.0:
+        raise ValueError(f"test_fraction must be in [0, 1 - val_fraction), got {test_fraction}")
+    if len(ids) < 2 + (test_fraction > 0):
+        raise ValueError(f"need at least {2 + (test_fraction > 0)} image ids to split, got {len(ids)}")
     labels = [0] * len(ids) if stratify is None else list(stratify)
     if len(labels) != len(ids):
         raise ValueError(f"stratify has {len(labels)} labels for {len(ids)} image ids")
@@ -56,17 +69,20 @@ def train_val_split(image_ids, val_fraction: float, seed: int, *, stratify=None)
     by_label = {}
     for i, label in sorted(zip(ids, labels)):
         by_label.setdefault(label, []).append(i)
-    val = []
+    val, test = [], []
     for label in sorted(by_label, key=str):
         group = by_label[label]
-        k = int(round(val_fraction * len(group)))
-        val += [group[j] for j in rng.permutation(len(group))[:k]]
+        order = [group[j] for j in rng.permutation(len(group))]
+        k_test, k_val = int(round(test_fraction * len(group))), int(round(val_fraction * len(group)))
+        test += order[:k_test]
+        val += order[k_test:k_test + k_val]
+    rest = [i for i in sorted(ids) if i not in set(test)]
     if not val:  # tiny sets: keep at least one validation image
-        val = [ids[int(rng.integers(len(ids)))]]
-    if len(val) == len(ids):
+        val = [rest[int(rng.integers(len(rest)))]]
+    if len(val) == len(rest):
         val = val[:-1]
-    val = set(val)
-    return sorted(i for i in ids if i not in val), sorted(val)
+    held = set(val) | set(test)
+    return sorted(i for i in ids if i not in held), sorted(val), sorted(test)
 
 
 class SeverstalDataset(Dataset):
@@ -192,9 +208,11 @@ class SeverstalDataset(Dataset):
                 rarest[image_id] = c
         return [rarest.get(i, 0) for i in self.image_ids]
 
-    def split(self, val_fraction: float, seed: int):
-        """(train_ids, val_ids) of this dataset's images, stratified by `rarest_class` (so also by has-a-defect)."""
-        return train_val_split(self.image_ids, val_fraction, seed, stratify=self.rarest_class())
+    def split(self, val_fraction: float, seed: int, test_fraction: float = 0.0):
+        """(train_ids, val_ids) of this dataset's images, stratified by `rarest_class` (so also by has-a-defect);
+        with `test_fraction`, (train_ids, val_ids, test_ids)."""
+        parts = train_val_test_split(self.image_ids, val_fraction, test_fraction, seed, stratify=self.rarest_class())
+        return parts if test_fraction else parts[:2]
 
     def class_stats(self) -> pd.DataFrame:
         """Per class: images carrying it, their share of all images, mean mask area (% of the image) where present.

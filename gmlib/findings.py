@@ -1,0 +1,118 @@
+"""The study's verdicts, computed from its stored points: intervals over seeds, FPGM paired with each other criterion,
+and plain answers to the paper's claims. Interval: mean ± t(0.975, n-1) s / sqrt(n) (s: sample std over seeds).
+
+A point is a row of `Study.points`: criterion, policy, rate, seed, steps, lr, sizes, and `<score>_<stage>` columns
+(stage before / recal / after: right after pruning, after BatchNorm recalibration, after fine-tuning).
+"""
+import math
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["interval", "figure5_table", "paired", "answers", "verdict_markdown", "STAGES"]
+
+STAGES = ("before", "recal", "after")
+# Student t quantiles t(0.975, df): a 95 % two-sided interval for the mean of df + 1 seeds
+_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+         2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086]
+
+
+def interval(values) -> tuple:
+    """(mean, half-width of the 95 % t interval, n) of `values`; half-width NaN for a single value."""
+    v = np.asarray([x for x in values if not math.isnan(x)], dtype=float)
+    n = len(v)
+    if n == 0:
+        return math.nan, math.nan, 0
+    if n == 1:
+        return float(v[0]), math.nan, 1
+    t = _T975[n - 2] if n - 2 < len(_T975) else 1.96
+    return float(v.mean()), float(t * v.std(ddof=1) / math.sqrt(n)), n
+
+
+def figure5_table(points: pd.DataFrame, scores=("dice_kaggle", "dice_positive")) -> pd.DataFrame:
+    """Per (criterion, policy, steps, rate): seeds, MACs removed, and for every score and stage its mean and the
+    half-width of its 95 % interval (`<score>_<stage>` and `<score>_<stage>_ci`)."""
+    keys = ["criterion", "policy", "steps", "rate"]
+    rows = []
+    for key, group in points.groupby(keys, sort=True):
+        row = dict(zip(keys, key), seeds=len(group), macs_reduction=float(group["macs_reduction"].mean()))
+        for score in scores:
+            for stage in STAGES:
+                col = f"{score}_{stage}"
+                if col in group:
+                    row[col], row[f"{col}_ci"], _ = interval(group[col])
+        rows.append(row)
+    return pd.DataFrame(rows).set_index(keys)
+
+
+def paired(points: pd.DataFrame, score: str = "dice_positive_after", reference: str = "fpgm") -> pd.DataFrame:
+    """`reference` minus each other criterion, paired by fine-tuning seed (the same crops in the same order), per
+    (policy, steps, lr, rate): mean difference, its 95 % interval, and "ahead" / "behind" / "level" (the interval
+    excludes 0 or not)."""
+    keys = ["policy", "steps", "lr", "rate"]
+    ref = points[points.criterion == reference].set_index(keys + ["seed"])[score]
+    rows = []
+    for other in sorted(set(points.criterion) - {reference}):
+        theirs = points[points.criterion == other].set_index(keys + ["seed"])[score]
+        both = pd.concat([ref.rename("ref"), theirs.rename("other")], axis=1, join="inner")
+        for key, group in both.groupby(level=keys):
+            mean, half, n = interval(group["ref"] - group["other"])
+            call = "level" if n < 2 or abs(mean) <= half else ("ahead" if mean > 0 else "behind")
+            rows.append({**dict(zip(keys, key)), "other": other, "pairs": n, "difference": mean, "ci": half,
+                         "fpgm is": call})
+    return pd.DataFrame(rows)
+
+
+def answers(points: pd.DataFrame, baseline: dict, *, lossless: float, reference: str = "fpgm",
+            score: str = "dice_positive") -> dict:
+    """The paper's claims put to the points (fine-tuned scores):
+
+    - nearly_lossless[rate]: the upper end of the interval of `reference`'s loss (baseline minus fine-tuned) is at
+      most `lossless`; degrades[rate]: its lower end is above `lossless`;
+    - fpgm_vs: the paired comparisons of `paired`, counted as ahead / behind / level.
+    """
+    after = f"{score}_after"
+    own = points[points.criterion == reference]
+    loss = {}
+    for (steps, rate), group in own.groupby(["steps", "rate"]):
+        mean, half, n = interval(baseline[score] - group[after])
+        loss[(int(steps), float(rate))] = {"loss": mean, "ci": half, "seeds": n,
+                                           "nearly_lossless": bool(n > 1 and mean + half <= lossless),
+                                           "degrades": bool(n > 1 and mean - half > lossless)}
+    pairs = paired(points, after, reference)
+    return {"loss": loss, "pairs": pairs, "tally": pairs["fpgm is"].value_counts().to_dict() if len(pairs) else {}}
+
+
+def verdict_markdown(found: dict, *, lossless: float, low_rates=(0.1, 0.2, 0.3), high_rates=(0.5, 0.6, 0.7),
+                     score_name: str = "positive-pair Dice") -> str:
+    """The answers of `answers` as three short paragraphs, numbers included."""
+    lines = []
+    for steps in sorted({s for s, _ in found["loss"]}):
+        at = {r: v for (s, r), v in found["loss"].items() if s == steps}
+        low = [r for r in low_rates if r in at]
+        high = [r for r in high_rates if r in at]
+        fmt = ", ".join(f"{r:.0%}: {at[r]['loss']:+.3f} ± {at[r]['ci']:.3f}" for r in sorted(at))
+        holds_low = bool(low) and all(at[r]["nearly_lossless"] for r in low)
+        holds_high = bool(high) and all(at[r]["degrades"] for r in high)
+        if not high:
+            verdict = ("holds for 10-30 % (no rate past 40 % is in this grid)" if holds_low else
+                       "does not hold for 10-30 % (no rate past 40 % is in this grid)")
+        else:
+            verdict = ("holds" if holds_low and holds_high else
+                       "holds for the high rates only: 10-30 % is not shown to be nearly lossless" if holds_high else
+                       "holds for the low rates only: the loss past 40 % is not shown to exceed the bar" if holds_low
+                       else "is not borne out")
+        lines.append(f"**Is 10-30 % nearly lossless, and does more than 40 % degrade?** With {steps} fine-tuning "
+                     f"steps, FPGM loses {fmt} {score_name} (mean ± 95 % interval over seeds). Calling a loss of at "
+                     f"most {lossless} nearly lossless, the paper's claim {verdict} here.")
+    pairs = found["pairs"]
+    if len(pairs):
+        tally = found["tally"]
+        worst = pairs.loc[pairs["difference"].idxmin()]
+        best = pairs.loc[pairs["difference"].idxmax()]
+        lines.append(f"**Does FPGM beat the other criteria?** Of {len(pairs)} paired comparisons (criterion × rate × "
+                     f"budget, paired by seed), FPGM is ahead in {tally.get('ahead', 0)}, behind in "
+                     f"{tally.get('behind', 0)} and level in {tally.get('level', 0)}; the differences run from "
+                     f"{worst['difference']:+.3f} (against {worst['other']} at {worst['rate']:.0%}) to "
+                     f"{best['difference']:+.3f} (against {best['other']} at {best['rate']:.0%}).")
+    return "\n\n".join(lines)

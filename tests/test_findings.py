@@ -1,0 +1,52 @@
+"""gmlib.findings: t intervals, paired comparisons by seed and the answers, on points whose truth is known."""
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gmlib import findings
+
+
+def test_interval_matches_the_t_formula():
+    mean, half, n = findings.interval([1.0, 2.0, 3.0])
+    assert (mean, n) == (2.0, 3) and half == pytest.approx(4.303 * 1.0 / math.sqrt(3))
+    assert math.isnan(findings.interval([5.0])[1]) and findings.interval([])[2] == 0
+
+
+def points(shift):
+    rng = np.random.default_rng(0)
+    rows = []
+    for rate in (0.1, 0.5):
+        for seed in range(5):
+            noise = rng.normal(0, 0.01)  # shared by both criteria: the pairing removes it
+            for criterion, extra in (("fpgm", shift), ("l1", 0.0)):
+                rows.append({"criterion": criterion, "policy": "or-merge", "steps": 10, "lr": 1e-3, "rate": rate,
+                             "seed": seed, "macs_reduction": 50 * rate,
+                             "dice_positive_after": 0.6 - 0.2 * rate + noise + extra})
+    return pd.DataFrame(rows)
+
+
+def test_paired_comparison_sees_a_small_shift_that_the_seed_noise_would_hide():
+    ahead = findings.paired(points(0.005))
+    assert set(ahead["fpgm is"]) == {"ahead"} and ahead["difference"].to_numpy() == pytest.approx(0.005)
+    assert set(findings.paired(points(0.0))["fpgm is"]) == {"level"}
+    assert set(findings.paired(points(-0.005))["fpgm is"]) == {"behind"}
+
+
+def test_answers_and_the_verdict_text():
+    found = findings.answers(points(0.0), {"dice_positive": 0.6}, lossless=0.05)
+    at = found["loss"]
+    assert at[(10, 0.1)]["nearly_lossless"] and at[(10, 0.5)]["degrades"]
+    text = findings.verdict_markdown(found, lossless=0.05, low_rates=(0.1,), high_rates=(0.5,))
+    assert "the paper's claim holds here" in text and "level in 2" in text
+    assert "no rate past 40 % is in this grid" in findings.verdict_markdown(found, lossless=0.05, high_rates=(0.9,))
+    strict = findings.answers(points(0.0), {"dice_positive": 0.6}, lossless=0.01)
+    assert "is not shown to be nearly lossless" in findings.verdict_markdown(strict, lossless=0.01,
+                                                                           low_rates=(0.1,), high_rates=(0.5,))
+
+
+def test_figure5_table_has_means_and_intervals():
+    table = findings.figure5_table(points(0.0), scores=("dice_positive",))
+    row = table.loc[("fpgm", "or-merge", 10, 0.5)]
+    assert row["seeds"] == 5 and row["dice_positive_after_ci"] > 0 and "dice_positive_before" not in table
