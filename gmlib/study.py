@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from . import data, metrics, models, train
 from .graph import analyse
 from .recalibrate import recalibrate_bn
-from .schedule import iterative, prune_and_score
+from .schedule import _scalars, iterative, prune_and_score
 from .store import Store
 from .surgery import apply_kept, prune
 from .utils import default_device
@@ -72,7 +72,8 @@ PROFILES = {
     "quick": (BaselineConfig(arch="fpn_resnest14d", n_images=3000, data_seed=0, val_fraction=0.2, test_fraction=0.2,
                              scale=0.25, crop=(64, 256), batch_size=8, epochs=16, lr=1e-3, weight_decay=1e-4, pos_weight=5.0,
                              defect_oversampling=3.0, monitor="dice_positive", seed=0),
-              FinetuneConfig(steps=56, lr=5e-4)),  # a quarter of an epoch (225 batches of 8 crops)
+              # 56 steps: a quarter of an epoch (225 batches of 8 crops)
+              FinetuneConfig(steps=56, lr=5e-4)),
     # a GPU: the paper's FPN-ResNeSt50 on full-resolution strips, as many synthetic strips as the real train set
     "paper": (BaselineConfig(arch="fpn_resnest50", n_images=12568, data_seed=0, val_fraction=0.15, test_fraction=0.15,
                              scale=1.0,
@@ -347,8 +348,7 @@ class Study:
         def compute():
             pruned, *_ = self._prune(criterion, rate, policy, seed, False)
             history = self.finetune(pruned, seed, steps=steps, lr=lr)
-            scores = self.evaluate(pruned)
-            return {**{f"{k}_after": float(v) for k, v in scores.items() if isinstance(v, (int, float))},
+            return {**_scalars(self.evaluate(pruned), "_after"),
                     "train_loss": float(history["train_loss"].iloc[-1])}
         return self.store.fetch("finetuned", config, compute).result
 
@@ -402,8 +402,7 @@ class Study:
         def compute():
             model = self._load_weights(self.scratch_like(pruned, seed=100 + seed), trained.tensors())
             self.finetune(model, seed, steps=steps, lr=lr)
-            scores = self.evaluate(model)
-            return {f"{k}_after": float(v) for k, v in scores.items() if isinstance(v, (int, float))}
+            return _scalars(self.evaluate(model), "_after")
         tuned = self.store.fetch("finetuned", {**config, "scratch": trained.key, "finetune_seed": int(seed),
                                                "steps": steps, "lr": lr, "weight_decay": ft.weight_decay}, compute)
         return {"criterion": "scratch", "policy": policy, "rate": float(rate), "seed": seed, "steps": steps,
