@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: reproduce test unit nbval bench notebooks lab clean
+.PHONY: reproduce grid test unit nbval bench notebooks lab clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml
 # the chapters from the results store (data/store/), computing only missing records; FRESH=1 recomputes them all
 reproduce: $(STAMP)
 	$(PY) scripts/reproduce.py $(if $(FRESH),--fresh)
+
+# chapter 07's grid into the store, one process per core (resumable; see scripts/compute_grid.py)
+grid: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) scripts/compute_grid.py --workers 2
 
 test: unit nbval
 

@@ -9,7 +9,8 @@ import math
 import numpy as np
 import pandas as pd
 
-__all__ = ["interval", "figure5_table", "paired", "answers", "verdict_markdown", "STAGES"]
+__all__ = ["interval", "figure5_table", "paired", "inherited", "answers", "verdict_markdown", "budget_markdown",
+           "STAGES"]
 
 STAGES = ("before", "recal", "after")
 # Student t quantiles t(0.975, df): a 95 % two-sided interval for the mean of df + 1 seeds
@@ -29,13 +30,16 @@ def interval(values) -> tuple:
     return float(v.mean()), float(t * v.std(ddof=1) / math.sqrt(n)), n
 
 
-def figure5_table(points: pd.DataFrame, scores=("dice_kaggle", "dice_positive")) -> pd.DataFrame:
-    """Per (criterion, policy, steps, rate): seeds, MACs removed, and for every score and stage its mean and the
-    half-width of its 95 % interval (`<score>_<stage>` and `<score>_<stage>_ci`)."""
-    keys = ["criterion", "policy", "steps", "rate"]
+def figure5_table(points: pd.DataFrame, scores=("dice_kaggle", "dice_positive"),
+                  by=("criterion", "policy", "steps", "rate")) -> pd.DataFrame:
+    """Per group of `by` (default: criterion, policy, steps, rate): seeds, MACs removed, and for every score and
+    stage its mean and the half-width of its 95 % interval (`<score>_<stage>` and `<score>_<stage>_ci`)."""
+    keys = list(by)
     rows = []
     for key, group in points.groupby(keys, sort=True):
-        row = dict(zip(keys, key), seeds=len(group), macs_reduction=float(group["macs_reduction"].mean()))
+        row = dict(zip(keys, key), seeds=len(group))
+        if "macs_reduction" in group:
+            row["macs_reduction"] = float(group["macs_reduction"].mean())
         for score in scores:
             for stage in STAGES:
                 col = f"{score}_{stage}"
@@ -60,6 +64,24 @@ def paired(points: pd.DataFrame, score: str = "dice_positive_after", reference: 
             call = "level" if n < 2 or abs(mean) <= half else ("ahead" if mean > 0 else "behind")
             rows.append({**dict(zip(keys, key)), "other": other, "pairs": n, "difference": mean, "ci": half,
                          "fpgm is": call})
+    return pd.DataFrame(rows)
+
+
+def inherited(pruned: pd.DataFrame, scratch: pd.DataFrame, score: str = "dice_positive_after",
+              criterion: str = "fpgm") -> pd.DataFrame:
+    """What inherited weights are worth: `criterion`'s pruned-and-fine-tuned score minus the from-scratch control
+    of the same architecture and budget, paired by seed, per (rate, steps): mean, 95 % interval, and "worth
+    something" / "worth less" / "level" (the interval excludes 0 or not)."""
+    keys = ["rate", "steps", "seed"]
+    own = pruned[pruned.criterion == criterion].set_index(keys)[score].rename("pruned")
+    both = pd.concat([own, scratch.set_index(keys)[score].rename("scratch")], axis=1, join="inner")
+    rows = []
+    for (rate, steps), group in both.groupby(level=["rate", "steps"]):
+        mean, half, n = interval(group["pruned"] - group["scratch"])
+        call = "level" if n < 2 or abs(mean) <= half else ("worth something" if mean > 0 else "worth less")
+        rows.append({"rate": rate, "steps": steps, "pairs": n, "pruned": float(group["pruned"].mean()),
+                     "scratch": float(group["scratch"].mean()), "difference": mean, "ci": half,
+                     "inherited weights are": call})
     return pd.DataFrame(rows)
 
 
@@ -115,4 +137,27 @@ def verdict_markdown(found: dict, *, lossless: float, low_rates=(0.1, 0.2, 0.3),
                      f"{tally.get('behind', 0)} and level in {tally.get('level', 0)}; the differences run from "
                      f"{worst['difference']:+.3f} (against {worst['other']} at {worst['rate']:.0%}) to "
                      f"{best['difference']:+.3f} (against {best['other']} at {best['rate']:.0%}).")
+    return "\n\n".join(lines)
+
+
+def budget_markdown(pairs: pd.DataFrame, worth: pd.DataFrame, steps_per_epoch: float,
+                    score_name: str = "positive-pair Dice") -> str:
+    """Two paragraphs on the budget sweep: FPGM against the other criteria at each budget (`paired` rows), and
+    what inherited weights are worth at each budget (`inherited` rows)."""
+    lines = []
+    if len(pairs):
+        parts = []
+        for steps, group in pairs.groupby("steps"):
+            tally = group["fpgm is"].value_counts().to_dict()
+            parts.append(f"{steps / steps_per_epoch:g} epoch ({steps} steps): ahead {tally.get('ahead', 0)}, "
+                         f"behind {tally.get('behind', 0)}, level {tally.get('level', 0)} of {len(group)}, "
+                         f"differences {group['difference'].min():+.3f} to {group['difference'].max():+.3f}")
+        lines.append("**Does the fine-tuning budget change the ranking?** FPGM against each other criterion, paired "
+                     "by seed, per budget: " + "; ".join(parts) + ".")
+    if len(worth):
+        parts = [f"{r.rate:.0%} after {r.steps / steps_per_epoch:g} epoch: {r.difference:+.3f} ± {r.ci:.3f} "
+                 f"({r['inherited weights are']})" for _, r in worth.sort_values(["rate", "steps"]).iterrows()]
+        lines.append("**Are inherited weights worth anything?** The pruned network fine-tuned for a budget, minus the "
+                     f"same architecture trained from fresh weights for the same steps ({score_name}, paired by "
+                     "seed): " + "; ".join(parts) + ".")
     return "\n\n".join(lines)

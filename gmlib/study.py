@@ -365,10 +365,7 @@ class Study:
         """`point(**p)` for every dict `p` of `grid`, one row each; missing ones are computed (and stored) in turn,
         so a killed run resumes at the first point it had not finished."""
         grid = [{"policy": "or-merge", "seed": 0, "steps": None, "lr": None, **p} for p in grid]
-        missing = [p for p in grid if not all(self.store.path(kind, config).is_file() for kind, config in (
-            ("pruned", self._pruned_config(p["criterion"], p["rate"], p["policy"], p["seed"])),
-            ("finetuned", self._finetuned_config(p["criterion"], p["rate"], p["policy"], p["seed"],
-                                                 *self._budget(p["steps"], p["lr"])))))]
+        missing = [p for p in grid if not self.is_stored(p)]
         bar = tqdm(total=len(missing), desc=f"{desc} to compute", mininterval=10,
                    disable=not self.progress or not missing)  # no bar when all are stored (nbval, a reader)
         rows = []
@@ -378,35 +375,77 @@ class Study:
         bar.close()
         return pd.DataFrame(rows)
 
-    def scratch_point(self, criterion: str, rate: float, *, policy: str = "or-merge", seed: int = 0,
-                      steps: int | None = None, lr: float | None = None) -> dict:
-        """The from-scratch control (Liu et al. 2019, Scratch-B): the architecture `criterion` leaves at `rate`
-        with fresh weights, trained with the baseline's whole recipe, then given the same fine-tuning budget as
-        its pruned twin (`steps` at `lr`). Test scores `<score>_after`. The trained weights are stored once and
-        shared by every budget."""
+    def is_stored(self, p: dict) -> bool:
+        """Whether every record of point `p` (`point` arguments, or a `gmlib.sweeps` point) is in the store."""
+        criterion, rate, policy, seed = p["criterion"], p["rate"], p.get("policy", "or-merge"), p.get("seed", 0)
+        if p.get("kind", "pruned") == "scratch":
+            arch, budget = self._scratch_configs(criterion, rate, policy, seed, p.get("steps"), p.get("lr"), "budget")
+            records = [("finetuned", {**arch, "scratch": "budget", **budget})]
+        else:
+            steps, lr = self._budget(p.get("steps"), p.get("lr"))
+            records = [("pruned", self._pruned_config(criterion, rate, policy, seed)),
+                       ("finetuned", self._finetuned_config(criterion, rate, policy, seed, steps, lr))]
+        return all(self.store.get(kind, config) is not None for kind, config in records)
+
+    def _scratch_configs(self, criterion, rate, policy, seed, steps, lr, recipe):
+        """(architecture, budget) parts of a from-scratch control's configuration."""
         ft = self.finetune_config
-        steps, lr = self._budget(steps, lr)
+        steps = ft.steps if steps is None else int(steps)
+        lr = (self.config.lr if recipe == "budget" else ft.lr) if lr is None else float(lr)
+        arch = {"baseline": self.baseline().key, "criterion": criterion, "rate": float(rate), "policy": policy,
+                "init_seed": 100 + int(seed)}
+        return arch, {"finetune_seed": int(seed), "steps": steps, "lr": lr, "weight_decay": ft.weight_decay}
+
+    def scratch_point(self, criterion: str, rate: float, *, policy: str = "or-merge", seed: int = 0,
+                      steps: int | None = None, lr: float | None = None, recipe: str = "budget") -> dict:
+        """The from-scratch control (Liu et al. 2019): the architecture `criterion` leaves at `rate` with fresh
+        weights (init seed 100 + `seed`). Test scores `<score>_after`. Stored.
+
+        recipe "budget": trained for the pruned twin's fine-tuning budget only (`steps`, with the baseline's lr
+        unless `lr` is given, cosine to 0, the same crops as the twin's seed): what inherited weights are worth at
+        that budget is the twin's score minus this one. recipe "full" (Scratch-B): trained with the baseline's
+        whole recipe first (those weights stored once, shared by every budget), then given the twin's budget.
+        """
+        if recipe not in ("budget", "full"):
+            raise ValueError(f"recipe must be 'budget' or 'full', got {recipe!r}")
+        arch, budget = self._scratch_configs(criterion, rate, policy, seed, steps, lr, recipe)
+        steps, lr = budget["steps"], budget["lr"]
+        pruned = self._architecture(criterion, rate, policy, seed)
+        if recipe == "budget":
+            def compute():
+                model = self.scratch_like(pruned, seed=100 + seed)
+                self.finetune(model, seed, steps=steps, lr=lr)
+                return _scalars(self.evaluate(model), "_after")
+            config = {**arch, "scratch": "budget", **budget}
+        else:
+            def train_scratch():
+                model = self.scratch_like(pruned, seed=100 + seed)
+                start = time.perf_counter()
+                history = self.fit(model, seed=100 + seed)
+                return ({"history": _history_rows(history), "train_seconds": time.perf_counter() - start},
+                        _rounded(model))
+            trained = self.store.fetch("scratch", arch, train_scratch)
+
+            def compute():
+                model = self._load_weights(self.scratch_like(pruned, seed=100 + seed), trained.tensors())
+                self.finetune(model, seed, steps=steps, lr=lr)
+                return _scalars(self.evaluate(model), "_after")
+            config = {**arch, "scratch": trained.key, **budget}
+        tuned = self.store.fetch("finetuned", config, compute)
+        return {"criterion": "scratch", "recipe": recipe, "architecture": criterion, "policy": policy,
+                "rate": float(rate), "seed": seed, "steps": steps, "lr": lr, **tuned.result}
+
+    def _architecture(self, criterion, rate, policy, seed):
+        """The baseline pruned at `rate` (sizes only matter: the from-scratch controls re-initialise it)."""
         pruned = copy.deepcopy(self.baseline().model)
         prune(pruned, self.example_input(), rate, criterion=criterion, policy=policy, seed=seed, count_macs=False,
-              **self.prune_kwargs(criterion, pruned))
-        config = {"baseline": self.baseline().key, "criterion": criterion, "rate": float(rate), "policy": policy,
-                  "init_seed": 100 + int(seed)}
+              verify=False, **self.prune_kwargs(criterion, pruned))
+        return pruned
 
-        def train_scratch():
-            model = self.scratch_like(pruned, seed=100 + seed)
-            start = time.perf_counter()
-            history = self.fit(model, seed=100 + seed)
-            return {"history": _history_rows(history), "train_seconds": time.perf_counter() - start}, _rounded(model)
-        trained = self.store.fetch("scratch", config, train_scratch)
-
-        def compute():
-            model = self._load_weights(self.scratch_like(pruned, seed=100 + seed), trained.tensors())
-            self.finetune(model, seed, steps=steps, lr=lr)
-            return _scalars(self.evaluate(model), "_after")
-        tuned = self.store.fetch("finetuned", {**config, "scratch": trained.key, "finetune_seed": int(seed),
-                                               "steps": steps, "lr": lr, "weight_decay": ft.weight_decay}, compute)
-        return {"criterion": "scratch", "policy": policy, "rate": float(rate), "seed": seed, "steps": steps,
-                "lr": lr, **tuned.result}
+    def reseeded(self, seed: int) -> "Study":
+        """The same study around the baseline trained with another seed (its own record)."""
+        return Study((self.config, self.finetune_config), self.data_dir, self.results_dir, store_dir=self.store.root,
+                     device=self.device, progress=self.progress, seed=seed)
 
     def iterative_run(self, rates, *, criterion: str = "fpgm", policy: str = "or-merge", metric: str = "dice_kaggle",
                       tolerance: float | None = None, macs_target: float | None = None, seed: int = 0) -> pd.DataFrame:

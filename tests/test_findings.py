@@ -50,3 +50,16 @@ def test_figure5_table_has_means_and_intervals():
     table = findings.figure5_table(points(0.0), scores=("dice_positive",))
     row = table.loc[("fpgm", "or-merge", 10, 0.5)]
     assert row["seeds"] == 5 and row["dice_positive_after_ci"] > 0 and "dice_positive_before" not in table
+
+
+def test_inherited_weights_pairs_pruned_and_scratch_by_seed_and_budget():
+    pruned = points(0.0)
+    scratch = pruned[pruned.criterion == "l1"].assign(criterion="scratch")
+    scratch = scratch.assign(dice_positive_after=scratch.dice_positive_after - 0.004)  # fresh weights, a bit worse
+    worth = findings.inherited(pruned, scratch)
+    assert list(worth.rate) == [0.1, 0.5] and set(worth["inherited weights are"]) == {"worth something"}
+    assert worth.difference.to_numpy() == pytest.approx(0.004) and (worth.pairs == 5).all()
+    level = findings.inherited(pruned, pruned[pruned.criterion == "l1"].assign(criterion="scratch"))
+    assert set(level["inherited weights are"]) == {"level"}
+    text = findings.budget_markdown(findings.paired(pruned), worth, steps_per_epoch=10)
+    assert "1 epoch (10 steps): ahead 0, behind 0, level 2 of 2" in text and "+0.004 ± 0.000 (worth something)" in text

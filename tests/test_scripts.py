@@ -159,3 +159,19 @@ def test_environment_reports_documented_keys_as_strings(monkeypatch):
     assert env["cpu_capability"].endswith("(ATEN_CPU_CAPABILITY=default)")
     assert env["torch_threads"] == str(torch.get_num_threads())
     assert env["gpu"] == ("none" if not torch.cuda.is_available() else torch.cuda.get_device_name(0))
+
+
+def test_compute_grid_fills_the_store_then_finds_nothing_to_do(tmp_path, capsys):
+    """scripts/compute_grid.py on the smoke profile: the chapter's grid (here one point) is computed by a worker
+    process into the store, and a second run finds every point stored."""
+    import compute_grid
+    args = ["--profile", "smoke", "--data", str(tmp_path / "data"), "--store", str(tmp_path / "store"),
+            "--workers", "1", "-p", "RATES", "[0.3]", "-p", "CRITERIA", "['l1']", "-p", "SEEDS", "[0]"]
+    assert compute_grid.main(args) == 0
+    out = capsys.readouterr().out
+    assert "1 points in 1 units, 1 units to compute" in out and "[1/1] pruned l1 0.3" in out
+    assert len(list((tmp_path / "store" / "finetuned").glob("*.json"))) == 1
+    assert compute_grid.main(args + ["--dry-run"]) == 0
+    assert "0 units to compute" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        compute_grid.main(args + ["--shard", "2/2"])

@@ -77,11 +77,37 @@ def test_recalibration_changes_only_norm_statistics(study):
     assert any(not torch.equal(a, b) for a, b in zip(means, after))
 
 
-def test_scratch_control_is_stored_once_for_every_budget(study):
-    a = study.scratch_point("fpgm", 0.4, steps=1)
-    b = study.scratch_point("fpgm", 0.4, steps=2)
+def test_full_recipe_scratch_control_trains_once_for_every_budget(study):
+    a = study.scratch_point("fpgm", 0.4, steps=1, recipe="full")
+    b = study.scratch_point("fpgm", 0.4, steps=2, recipe="full")
     assert a["criterion"] == "scratch" and {"dice_kaggle_after", "dice_positive_after"} <= set(a)
     assert len(study.store.records("scratch")) == 1 and a != b
+
+
+def test_budget_scratch_control_trains_only_for_the_budget(study, monkeypatch):
+    calls = []
+    real = study.finetune
+    monkeypatch.setattr(study, "finetune", lambda m, seed, steps=None, lr=None: calls.append((steps, lr)) or
+                        real(m, seed, steps=steps, lr=lr))
+    p = dict(kind="scratch", criterion="fpgm", rate=0.4, seed=1, steps=3)
+    assert not study.is_stored(p)
+    row = study.scratch_point("fpgm", 0.4, seed=1, steps=3)
+    assert calls == [(3, study.config.lr)] and row["recipe"] == "budget" and study.is_stored(p)
+    assert study.scratch_point("fpgm", 0.4, seed=1, steps=3) == row and len(calls) == 1  # read back
+    with pytest.raises(ValueError, match="recipe must be"):
+        study.scratch_point("fpgm", 0.4, recipe="fresh")
+
+
+def test_sweeps_collect_every_grid_and_reseed(study, monkeypatch):
+    from gmlib import sweeps
+    design = sweeps.figure5_design(study.epoch_steps, rates=[0.3], criteria=["fpgm"], seeds=[0], budgets=[0.25],
+                                   budget_rates=[0.3], budget_criteria=["fpgm"], budget_seeds=[0])
+    frames = sweeps.collect(study, design)
+    assert len(frames["main"]) == 1 and len(frames["budgets"]) == 1 and len(frames["scratch"]) == 1
+    assert frames["main"].iloc[0]["dice_kaggle_after"] == frames["budgets"].iloc[0]["dice_kaggle_after"]
+    assert frames["scratch"].iloc[0]["criterion"] == "scratch"
+    other = study.reseeded(3)
+    assert other.config.seed == 3 and other.key() != study.key() and other.store.root == study.store.root
 
 
 def test_iterative_run_is_stored_with_three_scores_per_step(study, monkeypatch):
