@@ -44,6 +44,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_median.py
 	$(PY) benchmarks/bench_prune.py
 	$(PY) benchmarks/bench_zoo.py
+	$(PY) benchmarks/bench_segmentation.py
+	$(PY) benchmarks/bench_spellings.py
 
 clean:
 	rm -rf results .pytest_cache .hypothesis

@@ -1,9 +1,11 @@
 """gmlib: geometric-median filter pruning (FPGM) that works on real segmentation networks.
 
-Dependency direction: median -> criteria -> layers -> graph -> surgery -> persist -> schedule (the prune -> fine-tune
--> evaluate loop; recalibrate re-estimates norm statistics after pruning); store (the committed results store); verify (a by-value check of any pruning) and zoo (the CNN families of chapter 09) on surgery;
-export (ONNX, int8) and latency (side-by-side timing) for deployment; data, models, metrics, train beside them;
-study (the chapters' shared set-up) on top.
+Dependency direction: median -> criteria -> layers -> rules (one object per kind of module; `register_rule` adds
+yours) -> graph -> surgery -> persist -> schedule (the prune -> fine-tune -> evaluate loop; recalibrate re-estimates
+norm statistics after pruning); store (the committed results store); verify (a by-value check of any pruning) and zoo
+(the CNN families of chapter 09) on surgery; export (ONNX, int8) and latency (side-by-side timing) for deployment;
+data, models, metrics, train beside them; study (the chapters' shared set-up), sweeps (chapter 07's grids) and
+deployment (chapter 10's stored tables) on top.
 """
 import warnings
 
@@ -15,6 +17,8 @@ from .median import geometric_median, distance_sums
 from .criteria import CRITERIA, filter_scores, select_filters
 from .complexity import count
 from .surgery import prune, PruneReport
+from .rules import register_rule
+from . import rules
 from .persist import save_pruned, load_pruned
 from .schedule import one_shot, iterative
 from .recalibrate import recalibrate_bn
@@ -26,7 +30,7 @@ from .study import Study
 __all__ = [
     "geometric_median", "distance_sums",
     "CRITERIA", "filter_scores", "select_filters",
-    "count", "prune", "PruneReport", "save_pruned", "load_pruned",
+    "count", "prune", "PruneReport", "register_rule", "rules", "save_pruned", "load_pruned",
     "one_shot", "iterative", "recalibrate_bn", "Study", "Store",
     "set_deterministic", "default_device", "environment",
     "models", "data", "metrics", "train", "verify", "zoo", "export", "latency", "distributed",

@@ -61,6 +61,10 @@ _FROZEN_BN = _timm("norm", "FrozenBatchNorm2d") + _timm("norm_act", "FrozenBatch
 _CHANNEL_MIXING_NORMS = (nn.LayerNorm,) + _timm("norm", "RmsNorm", "RmsNorm2d", "SimpleNorm", "SimpleNorm2d") \
     + _timm("norm_act", "RmsNormAct", "RmsNormAct2d")
 _SAFE_CONVS = (nn.Conv2d,) + _timm("conv2d_same", "Conv2dSame")          # same maths, padding computed per call
+# segmentation_models_pytorch's efficientnet convs: zero padding (static module or F.pad), then F.conv2d with their
+# own weight, bias, stride, dilation, groups: a plain conv. Looked up only where smp is already imported.
+_SMP_SAME_CONVS = ("segmentation_models_pytorch.encoders._efficientnet",
+                   ("Conv2dStaticSamePadding", "Conv2dDynamicSamePadding"))
 _STD_CONVS = _timm("std_conv", "StdConv2d", "StdConv2dSame", "ScaledStdConv2d", "ScaledStdConv2dSame")
 
 
@@ -124,12 +128,20 @@ def conv_kind(m: nn.Module) -> str:
         return "std"
     if isinstance(m, nn.Conv2d) and (parametrize.is_parametrized(m) or "weight" not in m._parameters):
         return "computed"
-    if type(m) in _SAFE_CONVS:
+    if type(m) in _SAFE_CONVS or _smp_same_conv(m):
         return "conv"
     if isinstance(m, nn.Conv2d):
         plain = type(m).forward is nn.Conv2d.forward and type(m)._conv_forward is nn.Conv2d._conv_forward
         return "conv" if plain else "custom"
     return ""
+
+
+def _smp_same_conv(m) -> bool:
+    module, names = _SMP_SAME_CONVS
+    if type(m).__module__ != module or type(m).__name__ not in names:
+        return False
+    pad = getattr(m, "static_padding", None)
+    return pad is None or type(pad) in (nn.ZeroPad2d, nn.Identity)
 
 
 def leaf_types() -> tuple:

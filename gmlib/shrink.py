@@ -2,13 +2,15 @@
 
 A conv keeps rows `out` of its weight (and bias) and columns `in_`; a grouped conv must keep the same number in each
 group; a norm keeps its per-channel affine and statistics; `mask_kept` zeroes the dropped rows instead (the reference).
+Modules whose rule (gmlib.rules) brings its own `shrink` / `mask` are cut and masked by it. A name that is a tensor
+rather than a module (a bare per-channel parameter, gmlib.rules.params) keeps entries `out` along its channel dim.
 """
 import torch
 from torch import nn
 
 from .layers import is_batch_norm
 
-__all__ = ["shrink_module", "apply_kept", "mask_kept", "mask_pruned"]
+__all__ = ["shrink_module", "shrink_tensor", "tensor_owner", "shrink_named", "apply_kept", "mask_kept", "mask_pruned"]
 
 
 def _param(t, like):
@@ -20,12 +22,18 @@ def shrink_module(m: nn.Module, out=None, in_=None) -> None:
     """Keep rows `out` (output channels / norm channels) and columns `in_` (input channels) of one module, in place.
 
     Conv2d (grouped: both index sets must keep the same number in every group; depthwise: `out` only),
-    BatchNorm, GroupNorm (whole groups), Linear (`in_` only). Every other attribute is left as it was.
+    BatchNorm, GroupNorm (whole groups), Linear (`in_` only), and any module whose rule (gmlib.rules) has its own
+    `shrink` (ConvTranspose2d, InstanceNorm, PReLU, per-channel modules, users' rules). Every other attribute is
+    left as it was.
     """
+    from .rules import rule_for
     dev = next(m.parameters()).device if any(True for _ in m.parameters()) else None
     out = None if out is None else torch.as_tensor(out, dtype=torch.long, device=dev)
     in_ = None if in_ is None else torch.as_tensor(in_, dtype=torch.long, device=dev)
-    if isinstance(m, nn.Conv2d):
+    rule = rule_for(m)
+    if rule is not None and rule.shrink is not None:
+        rule.shrink(m, out, in_)
+    elif isinstance(m, nn.Conv2d):
         g, w = m.groups, m.weight
         if g > 1 and g == m.in_channels == m.out_channels:  # depthwise: one index set for both
             idx = out if out is not None else in_
@@ -78,13 +86,44 @@ def shrink_module(m: nn.Module, out=None, in_=None) -> None:
         raise TypeError(f"cannot shrink a {type(m).__name__}")
 
 
+def tensor_owner(modules: dict, name: str):
+    """(module, attribute) when `name` is a parameter or buffer of one of `modules` (a dotted path), else None."""
+    owner, _, attr = name.rpartition(".")
+    m = modules.get(owner)
+    return (m, attr) if m is not None and (attr in m._parameters or attr in m._buffers) else None
+
+
+def _drop_mask(n, out, device):
+    drop = torch.ones(n, dtype=torch.bool, device=device)
+    drop[torch.as_tensor(out, dtype=torch.long, device=device)] = False
+    return drop
+
+
+@torch.no_grad()
+def shrink_tensor(m: nn.Module, attr: str, out) -> None:
+    """Keep entries `out` of the per-channel tensor `m.<attr>` along its channel dim (its one dim of size > 1)."""
+    from .rules.params import channel_dim
+    t = getattr(m, attr)
+    d = channel_dim(t.shape)
+    kept = t.index_select(d, torch.as_tensor(out, dtype=torch.long, device=t.device)).contiguous()
+    setattr(m, attr, _param(kept, t) if isinstance(t, nn.Parameter) else kept)
+
+
+def shrink_named(modules: dict, name: str, k: dict) -> None:
+    """shrink_module for a module name, shrink_tensor for a tensor's dotted name (kept indices `k`)."""
+    if name in modules:
+        shrink_module(modules[name], k.get("out"), k.get("in"))
+    elif tensor_owner(modules, name) is not None:
+        shrink_tensor(*tensor_owner(modules, name), k["out"])
+    else:
+        raise ValueError(f"kept indices name module {name!r}, which the model does not have")
+
+
 def apply_kept(model: nn.Module, kept: dict) -> None:
     """Re-apply a report's (or manifest's) kept indices to an unpruned model of the same architecture."""
     modules = dict(model.named_modules())
     for name, k in kept.items():
-        if name not in modules:
-            raise ValueError(f"kept indices name module {name!r}, which the model does not have")
-        shrink_module(modules[name], k.get("out"), k.get("in"))
+        shrink_named(modules, name, k)
 
 
 @torch.no_grad()
@@ -93,9 +132,21 @@ def mask_kept(model: nn.Module, kept: dict) -> nn.Module:
 
     In eval mode the result computes exactly what the model shrunk by the same `kept` computes, if the pruning is exact.
     """
+    from .rules import rule_for
     modules = dict(model.named_modules())
     for name, k in kept.items():
+        if name not in modules and tensor_owner(modules, name) is not None:  # a bare per-channel tensor
+            from .rules.params import channel_dim
+            m, attr = tensor_owner(modules, name)
+            t = getattr(m, attr)
+            d = channel_dim(t.shape)
+            t.index_fill_(d, _drop_mask(t.shape[d], k["out"], t.device).nonzero().flatten(), 0)
+            continue
         m = modules[name]
+        rule = rule_for(m)
+        if k.get("out") is not None and rule is not None and rule.mask is not None:
+            rule.mask(m, torch.as_tensor(k["out"], dtype=torch.long))
+            continue
         if k.get("out") is None or isinstance(m, nn.Linear) or getattr(m, "weight", None) is None:
             continue  # a norm without affine cannot be zeroed: prune's check then finds the difference
         n = m.weight.shape[0]

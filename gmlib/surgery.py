@@ -14,10 +14,11 @@ import torch
 from torch import nn
 
 from .complexity import count
-from .criteria import CRITERIA, filter_scores, select_filters
-from .graph import analyse, split_attn_type
+from .criteria import CRITERIA, select_filters
+from .graph import analyse
+from .rules import rule_for
 from .selfcheck import Check, NotExactError, first_difference
-from .shrink import apply_kept, mask_kept, mask_pruned, shrink_module
+from .shrink import apply_kept, mask_kept, mask_pruned, shrink_module, shrink_named
 from .transaction import Snapshot
 
 __all__ = ["prune", "PruneReport", "LayerChange", "POLICIES", "shrink_module", "apply_kept", "mask_pruned",
@@ -115,23 +116,8 @@ class PruneReport:
 # ----------------------------------------------------------------------------------------------------- selection
 
 def _member_scores(graph, producer, criterion, generator):
-    kind, name = producer
-    m = graph.modules[name]
-    if kind == "splitattn":
-        bn = m.bn0 if isinstance(m.bn0, nn.BatchNorm2d) else None
-        s = _scores(m.conv, criterion, bn, f"{name}.conv", generator)
-        return s.view(m.radix, -1).sum(0)  # channel j is rows r*C + j of every radix branch
-    if kind == "paths":  # SelectiveKernel: channel j is row j of every path conv
-        return sum(_scores(p.conv, criterion, p.bn, f"{name}.paths.{i}.conv", generator) for i, p in enumerate(m.paths))
-    norm = graph.modules.get(graph.norm_after.get(name))
-    return _scores(m, criterion, norm, name, generator)
-
-
-def _scores(conv, criterion, norm, name, generator):
-    try:
-        return filter_scores(conv.weight, criterion, groups=conv.groups, bn=norm, generator=generator).float()
-    except ValueError as e:
-        raise ValueError(f"cannot score {name!r} with criterion {criterion!r}: {e}") from e
+    """(n,) scores of a voting producer's channels, by its rule (gmlib.rules)."""
+    return producer.rule.scores(graph, producer, criterion, generator)
 
 
 def _select(scores, n, unit, groups, rate, policy, round_to):
@@ -250,7 +236,7 @@ def prune(model: nn.Module, example_inputs, rate: float, *, criterion: str = "fp
         for p in producers:
             set_of[p[1]] = i
         reason = "; ".join(dict.fromkeys(sp.frozen[r]))
-        voters = [p for p in producers if p[0] in ("conv", "splitattn", "paths")]
+        voters = [p for p in producers if p.votes]
         if not reason and not voters:
             reason = "only gate convs write it: no filter to score"
         if not reason and any(_under(p[1], ignored) for p in producers):
@@ -280,7 +266,10 @@ def prune(model: nn.Module, example_inputs, rate: float, *, criterion: str = "fp
     snapshot = Snapshot(model, kept)
     try:
         for name, k in kept.items():
-            shrink_module(modules[name], k.get("out"), k.get("in"))
+            if name in modules:
+                shrink_module(modules[name], k.get("out"), k.get("in"))
+            else:  # a bare per-channel parameter (gmlib.rules.params)
+                shrink_named(modules, name, k)
         failure = check.failure(model) if check else None
         if failure:
             snapshot.restore()
@@ -345,45 +334,18 @@ def _coverage(graph, set_reason):
 
 def _layout_kept(sp, layout, kept_space):
     """Kept indices along a layout of spaces laid side by side (None when none of them loses a channel)."""
-    if not any(sp.find(s) in kept_space for s in layout):
-        return None
-    parts, offset = [], 0
-    for s in layout:
-        k = kept_space.get(sp.find(s))
-        parts.append((k if k is not None else torch.arange(sp.size[s])) + offset)
-        offset += sp.size[s]
-    return torch.cat(parts)
+    return sp.layout_kept(layout, kept_space)
 
 
 def _kept_indices(graph, kept_space):
     """Per module name: {"out": LongTensor, "in": LongTensor} for every dim that loses channels."""
     sp = graph.spaces
+    graph.kept_space = kept_space
     kept = {}
     for r, k in kept_space.items():
-        for kind, name in sp.producers[r]:
-            if kind in ("conv", "gate"):
-                kept.setdefault(name, {})["out"] = k
-                continue
-            if kind == "paths":
-                for i in range(len(graph.modules[name].paths)):
-                    kept.setdefault(f"{name}.paths.{i}.conv", {})["out"] = k
-                continue
-            if kind == "repeat":  # rows p*C + j for each of its out_channels // C copies (SelectiveKernel fc_select)
-                c = sp.size[r]
-                kept.setdefault(name, {})["out"] = (torch.arange(graph.modules[name].out_channels // c)[:, None] * c
-                                                    + k[None]).flatten()
-                continue
-            m = graph.modules[name]
-            c = m.conv.out_channels // m.radix
-            rows = (torch.arange(m.radix)[:, None] * c + k[None]).flatten()
-            kept.setdefault(f"{name}.conv", {})["out"] = rows
-            if isinstance(m.bn0, nn.BatchNorm2d):
-                kept.setdefault(f"{name}.bn0", {})["out"] = rows
-            card, cg = m.fc1.groups, c // m.fc1.groups
-            kv = k.view(card, -1) - torch.arange(card)[:, None] * cg
-            fc2 = (torch.arange(card)[:, None, None] * m.radix * cg + torch.arange(m.radix)[None, :, None] * cg
-                   + kv[:, None, :]).flatten()
-            kept.setdefault(f"{name}.fc2", {})["out"] = fc2
+        for p in sp.producers[r]:  # each producer's rule turns the space's indices into rows of its modules
+            for name, rows in p.rule.expand(graph, p, k, sp.size[r]).items():
+                kept.setdefault(name, {})["out"] = rows
     for u in graph.uses:
         k = _layout_kept(sp, u.layout, kept_space)
         if k is None:
@@ -400,15 +362,18 @@ def _kept_indices(graph, kept_space):
 def _layer_rows(model, graph, kept, set_of, notes, rate):
     rows = []
     for name, m in model.named_modules():
-        if not isinstance(m, (nn.Conv2d, nn.Linear)):
+        if not isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
             continue
         k = kept.get(name, {})
-        conv = isinstance(m, nn.Conv2d)
+        conv = not isinstance(m, nn.Linear)
         cin, cout = (m.in_channels, m.out_channels) if conv else (m.in_features, m.out_features)
         kind = "linear" if not conv else ("conv (groups=%d)" % m.groups if m.groups > 1 else "conv")
+        if isinstance(m, nn.ConvTranspose2d):
+            kind = "transposed " + kind
         parent = name.rsplit(".", 1)[0]
-        if split_attn_type() and isinstance(graph.modules.get(parent), split_attn_type()):
-            kind = "split-attn " + kind
+        label = getattr(rule_for(graph.modules.get(parent)), "label", "") if parent != name else ""
+        if label:
+            kind = f"{label} {kind}"
         coupling = set_of.get(name, set_of.get(parent, -1))
         note = notes.get(name, notes.get(parent, ""))
         if not note and coupling == -1:

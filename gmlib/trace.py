@@ -8,21 +8,12 @@ import torch
 from torch import fx
 
 from .layers import leaf_types
+from .rules import registered_types
 from .transaction import Snapshot
 
 __all__ = ["trace", "Traced", "SHAPE_METHODS"]
 
 SHAPE_METHODS = {"size", "dim", "numel", "ndimension", "nelement"}
-
-
-def _rule_block_types():
-    """timm's SplitAttn and SelectiveKernel: traced as one leaf each, handled by dedicated rules."""
-    try:
-        from timm.layers.selective_kernel import SelectiveKernel
-        from timm.layers.split_attn import SplitAttn
-        return SplitAttn, SelectiveKernel
-    except ImportError:  # pragma: no cover - timm is a project dependency
-        return ()
 
 
 class _EvalError(Exception):
@@ -46,7 +37,7 @@ class _Proxy(fx.Proxy):
 
 
 class _Tracer(fx.Tracer):
-    """Keeps convs, norms, activations (gmlib.layers), the rule blocks and the `opaque` paths as leaves, runs every
+    """Keeps convs, norms, activations (gmlib.layers), modules with a rule (gmlib.rules) and the `opaque` paths as leaves, runs every
     node as it is created, and remembers the innermost module a tracing failure happened in."""
 
     def __init__(self, root, inputs, opaque=()):
@@ -56,7 +47,7 @@ class _Tracer(fx.Tracer):
         self.values = {}        # node -> its value on the example input
         self.shape_nodes = set()  # nodes whose value is computed from tensor shapes and constants only
         self.guards = []        # shape-derived nodes whose concrete value the trace relied on (branches, int())
-        self._leaves = leaf_types() + _rule_block_types()
+        self._leaves = leaf_types() + registered_types()
         self._evaluating = False
 
     def is_leaf_module(self, m, qualname):

@@ -16,6 +16,7 @@ class Snapshot:
         self.modes = [(m, m.training) for m in model.modules()]
         self.kept_attr = model.__dict__.get("_gmlib_kept", None), "_gmlib_kept" in model.__dict__
         modules = dict(model.named_modules())
+        names = [n if n in modules else n.rpartition(".")[0] for n in names]  # a tensor's name: its owner module
         self.state = [(modules[n], dict(modules[n]._parameters), dict(modules[n]._buffers),
                        {k: v for k, v in modules[n].__dict__.items() if not k.startswith("_")})
                       for n in dict.fromkeys(names) if n in modules]

@@ -357,8 +357,26 @@ def test_random_nets_pruned_equals_masked(blocks, conv_head, rate, policy, crite
             assert m.num_channels == 4 * m.num_groups
 
 
-def test_residual_over_concat_is_left_unpruned_with_a_warning():
+def test_residual_over_concats_with_different_boundaries_is_left_unpruned_with_a_warning():
     # a residual add whose two sides are concatenations with different boundaries: not a whole-space coupling
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c, self.d = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 8, 1), nn.Conv2d(3, 8, 1), nn.Conv2d(3, 4, 1)
+            self.out = nn.Conv2d(12, 2, 1)
+
+        def forward(self, x):
+            return self.out(torch.cat([self.a(x), self.b(x)], 1) + torch.cat([self.c(x), self.d(x)], 1))
+
+    model = Net()
+    report, out, ref = prune_and_compare(model, torch.randn(1, 3, 8, 8), 0.5)
+    assert_equivalent(out, ref)
+    assert model.c.out_channels == 8 and model.a.out_channels == 4 and model.b.out_channels == 8
+    assert "misaligned" in " ".join(r.note for r in report.layers)
+
+
+def test_a_conv_added_to_a_concat_splits_along_its_boundaries():
+    # conv rows are independent filters: c's 12 rows are a 4-row and an 8-row piece, each coupled with its part
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
@@ -369,10 +387,10 @@ def test_residual_over_concat_is_left_unpruned_with_a_warning():
             return self.out(torch.cat([self.a(x), self.b(x)], 1) + self.c(x))
 
     model = Net()
-    report, out, ref = prune_and_compare(model, torch.randn(1, 3, 8, 8), 0.5)
+    report, out, ref = prune_and_compare(model, torch.randn(1, 3, 8, 8), 0.5, policy="coupled")
     assert_equivalent(out, ref)
-    assert model.c.out_channels == 12 and model.a.out_channels == 4 and model.b.out_channels == 8
-    assert "misaligned" in " ".join(r.note for r in report.layers)
+    assert (model.a.out_channels, model.b.out_channels, model.c.out_channels) == (2, 4, 6)
+    assert report.kept["c"]["out"] == report.kept["a"]["out"] + [4 + k for k in report.kept["b"]["out"]]
 
 
 def test_unsupported_op_keeps_its_channels_and_warns():

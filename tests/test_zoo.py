@@ -17,7 +17,8 @@ PRUNES = ["ResNet", "SE-ResNet", "ECA-ResNet", "ResNeSt", "SKNet", "RegNetX", "R
           "EfficientNetV2", "MobileNetV2", "MobileNetV3", "MNASNet", "FBNet", "GhostNet", "LCNet", "ReXNet",
           "DenseNet", "DLA", "DPN", "VoVNet", "ConvNeXt", "GENet", "ResNetV2", "MobileNetV3 (tv)",
           "EfficientNet (tv)", "ShuffleNetV2 (tv)", "SqueezeNet (tv)", "GoogLeNet (tv)"]
-HOLDS_BACK = {"MixNet": "split", "NF-ResNet": "weight-standardised", "RepVGG": ""}  # RepVGG: or-merge only
+HOLDS_BACK = {"MixNet": "split", "NF-ResNet": "weight-standardised", "RepVGG": ""}
+COUPLED_PRUNES = {"MixNet", "RepVGG"}  # hold back under or-merge only (MixNet: its torch.split mixed convs)
 
 
 @pytest.mark.parametrize("family", PRUNES + list(HOLDS_BACK))
@@ -25,7 +26,7 @@ HOLDS_BACK = {"MixNet": "split", "NF-ResNet": "weight-standardised", "RepVGG": "
 def test_family_prunes_exactly_or_says_why(family, rate, policy):
     r = try_family(family, rate, policy=policy, count_macs=False)
     assert r.error <= EXACT_TOL, f"{family}: {r.reason} (relative error {r.error:.2e})"
-    if family in PRUNES or (family == "RepVGG" and policy == "coupled"):
+    if family in PRUNES or (family in COUPLED_PRUNES and policy == "coupled"):
         assert r.status == "prunes", f"{family} cut only {r.params_cut:.1f}% params at rate {rate}: {r.reason}"
     else:
         assert r.status in ("partial", "refused") and HOLDS_BACK[family] in r.reason, r

@@ -1,0 +1,91 @@
+"""What a rule is: one object per kind of module that says what the module does to channel spaces, how the channels
+it produces are scored, and how a space's kept indices become the rows (and columns) of its modules.
+
+A *space* is a set of channels that must be kept or removed together (gmlib.spaces). A rule's `analyse` receives
+the spaces laid along dim 1 of the module's input (its *layout*) and returns the layout of its output, recording on
+the way which modules read which spaces (`ctx.read`) and which produce new ones (`ctx.new_space(..., producer)`).
+When pruning keeps indices k of a space of n channels (0 <= k < n), each producer's rule turns them into kept output
+rows of its modules (`expand`; a conv keeps rows k, a block whose channel j is rows r*n + j of a conv keeps
+{r*n + k}), each reader keeps k along its input, and `shrink` cuts the module's tensors to those indices.
+"""
+from torch import nn
+
+from ..criteria import filter_scores
+
+__all__ = ["ModuleRule", "Producer", "Use", "scores_of"]
+
+
+class Producer(tuple):
+    """(kind, name) of a module whose filters are a space's channels, plus the rule that scores and expands them.
+
+    kind "conv": its own rows are the channels and it votes on which to keep; "block": a rule's block that votes
+    with scores of its own; "gate" / "follower": loses the channels the space loses but does not vote (a squeeze-
+    excite gate's conv, a block's repeated rows). `part` lets one rule tell its producers apart.
+    """
+
+    def __new__(cls, kind, name, rule, part=""):
+        self = super().__new__(cls, (kind, name))
+        self.rule, self.part = rule, part
+        return self
+
+    kind = property(lambda self: self[0])
+    name = property(lambda self: self[1])
+
+    @property
+    def votes(self) -> bool:
+        return self.kind in ("conv", "block")
+
+    def as_follower(self):
+        """The same producer inside a gate: a conv's filters then follow the channels the gate scales."""
+        return Producer("gate", self.name, self.rule, self.part) if self.kind == "conv" else self
+
+
+class Use:
+    """A module that reads channels: `role` says along which dims it keeps a space's indices: "conv_in" and
+    "linear_in" (input columns), "norm" (its per-channel rows), "depthwise" (channel c in is channel c out: both)."""
+
+    def __init__(self, module: str, role: str, layout: tuple):
+        self.module, self.role, self.layout = module, role, layout
+
+    def __repr__(self):
+        return f"Use({self.module!r}, {self.role!r}, {self.layout})"
+
+
+def scores_of(conv: nn.Module, criterion, norm, name, generator, weight=None):
+    """Per-filter scores of a conv (its weight's rows, or `weight` given in that layout), as float."""
+    w = conv.weight if weight is None else weight
+    try:
+        return filter_scores(w, criterion, groups=getattr(conv, "groups", 1), bn=norm, generator=generator).float()
+    except ValueError as e:
+        raise ValueError(f"cannot score {name!r} with criterion {criterion!r}: {e}") from e
+
+
+class ModuleRule:
+    """How one kind of module treats channels. Subclass it and pass an instance to `gmlib.register_rule`.
+
+    Override `analyse` (required); `scores` and `expand` for the producers the rule creates (the defaults treat
+    the producer as a conv whose weight rows are the channels); `shrink` and `mask` when the module's tensors are
+    not those of a conv, norm or Linear. `once`: a second call of the same module is refused (its channels would
+    have to agree twice); `needs_input`: without a tracked input channel layout the module's channels are kept.
+    """
+    once = True
+    needs_input = True
+    is_conv = False   # a conv-like producer: the norm right after it is its "bn" criterion's norm
+    label = ""        # prefix for the report's layer kind of its sub-modules
+
+    def analyse(self, ctx, name: str, module: nn.Module, layout: tuple):
+        """The layout (tuple of space ids) of the module's output, or None; `ctx` is the analysis (gmlib.graph)."""
+        raise NotImplementedError
+
+    def scores(self, graph, producer: Producer, criterion: str, generator):
+        """(n,) scores of the n channels that `producer` writes (higher is kept)."""
+        m = graph.modules[producer.name]
+        return scores_of(m, criterion, graph.modules.get(graph.norm_after.get(producer.name)), producer.name,
+                         generator)
+
+    def expand(self, graph, producer: Producer, kept, size: int) -> dict:
+        """{module name: kept output rows} for kept channel indices `kept` of a space of `size` channels."""
+        return {producer.name: kept}
+
+    shrink = None  # optional method (module, out, in_): cut the module in place to rows `out`, columns `in_`
+    mask = None    # optional method (module, out): zero, in place, what rows `out` drop (the masked reference)

@@ -1,0 +1,110 @@
+"""Modules that act on each channel alone: y[c] = f_c(x[c]), so the output carries the input's spaces unchanged.
+
+Pass-through modules (gmlib.layers.is_pass: activations, pooling, resizing, dropout, padding) have no per-channel
+state. `PerChannel` modules hold a parameter per channel (PReLU's slopes a[c], a layer scale's gamma[c]): they keep
+entries k of those parameters when channels k are kept. Flatten of an (N, C, 1, 1) tensor keeps the channels.
+"""
+import torch
+from torch import nn
+
+from ..layers import is_pass, zero_stays_zero
+from .base import ModuleRule
+
+__all__ = ["Pass", "Flatten", "PerChannel"]
+
+
+class Pass(ModuleRule):
+    """An elementwise / per-channel module without parameters."""
+    once = False
+    needs_input = False
+
+    def matches(self, m):
+        return is_pass(m)
+
+    def analyse(self, ctx, name, m, lin):
+        return lin
+
+    def nonzero(self, m, incoming):
+        return incoming if zero_stays_zero(m) else type(m).__name__
+
+
+class Flatten(ModuleRule):
+    """nn.Flatten(start_dim=1) of an (N, C, 1, ..., 1) tensor: channel c stays at position c."""
+    once = False
+
+    def matches(self, m):
+        return isinstance(m, nn.Flatten)
+
+    def analyse(self, ctx, name, m, lin):
+        if m.start_dim == 1 and ctx.spatial_one(ctx.input):
+            return lin
+        return ctx.unknown(ctx.node, f"flatten {name!r}")
+
+
+class PerChannel(ModuleRule):
+    """A module whose output channel c is f(x[c], p[c] for p in `params`): the named parameters (or buffers),
+    each with one entry per channel along dim 0, lose the entries of the removed channels.
+
+    The module must also satisfy f(0) = 0 when its own entries are zeroed (the masked reference zeroes them), as
+    PReLU and y = gamma * x do; `prune`'s self-check refuses a module that does not.
+    """
+
+    def __init__(self, *params, count=None, types=()):
+        if not params or not all(isinstance(p, str) for p in params):
+            raise TypeError("PerChannel needs the names of its per-channel parameters, e.g. PerChannel('gamma')")
+        self.params, self.count, self.types = params, count, tuple(types)
+
+    def matches(self, m):
+        return isinstance(m, self.types) and self._ok(m)
+
+    def _ok(self, m):
+        return all(isinstance(getattr(m, p, None), torch.Tensor) for p in self.params)
+
+    def analyse(self, ctx, name, m, lin):
+        n = sum(ctx.sp.size[s] for s in lin)
+        if not self._ok(m) or any(getattr(m, p).dim() == 0 or getattr(m, p).shape[0] != n for p in self.params):
+            return ctx.unknown(ctx.node, f"module {name!r} ({type(m).__name__}): per-channel parameters do not "
+                                         f"have one entry per channel")
+        ctx.read(name, "norm", lin)
+        return lin
+
+    def nonzero(self, m, incoming):
+        return incoming
+
+    @torch.no_grad()
+    def shrink(self, m, out=None, in_=None):
+        idx = out if out is not None else in_
+        for p in self.params:
+            t = getattr(m, p)
+            kept = t.index_select(0, idx.to(t.device)).contiguous()
+            setattr(m, p, nn.Parameter(kept, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else kept)
+        if self.count:
+            setattr(m, self.count, len(idx))
+
+    @torch.no_grad()
+    def mask(self, m, out):
+        for p in self.params:
+            t = getattr(m, p)
+            drop = torch.ones(t.shape[0], dtype=torch.bool, device=t.device)
+            drop[out.to(t.device)] = False
+            t[drop] = 0
+
+
+def _layer_scale_types():
+    try:
+        from timm.layers import LayerScale2d
+        return (LayerScale2d,)
+    except ImportError:  # pragma: no cover - timm is a project dependency
+        return ()
+
+
+class _PReLU(PerChannel):
+    """nn.PReLU(num_parameters=C): y[c] = max(0, x[c]) + a[c] min(0, x[c]); one shared slope is a Pass."""
+
+    def matches(self, m):
+        return isinstance(m, nn.PReLU) and m.num_parameters > 1
+
+
+PASS, FLATTEN = Pass(), Flatten()
+PRELU = _PReLU("weight", count="num_parameters", types=(nn.PReLU,))
+LAYER_SCALE = PerChannel("gamma", types=_layer_scale_types())  # timm's LayerScale2d: y = gamma[c] x[c]

@@ -1,0 +1,138 @@
+"""Weight layers: Conv2d (plain, grouped, depthwise), convs whose maths is not plain (kept), ConvTranspose2d, Linear.
+
+Conv2d, y[o] = sum_i W[o, i] * x[i] + b[o]: reads its input spaces (columns i) and opens a space of its outputs
+(rows o), which it produces and scores. Grouped (g groups): output block j reads only input block j, so both sides
+must lose the same number in every block (`groups=g`). Depthwise (g = C_in = C_out): channel c out is channel c in.
+ConvTranspose2d stores W as (C_in, C_out, kh, kw): the same maths with the roles of dims 0 and 1 swapped.
+"""
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ..layers import conv_kind
+from .base import ModuleRule, Producer, scores_of
+
+__all__ = ["Conv", "FrozenConv", "ConvTranspose", "Linear"]
+
+
+class Conv(ModuleRule):
+    """nn.Conv2d with plain maths (gmlib.layers.conv_kind == "conv").
+
+    Its output space may be split into pieces (a gate conv over a concatenation): piece (offset, n) is rows
+    offset..offset+n, scored by those rows' scores; kept rows are then the kept indices of all its pieces laid
+    side by side."""
+    is_conv = True
+    splits = True
+
+    def matches(self, m):
+        return conv_kind(m) == "conv"
+
+    def analyse(self, ctx, name, m, lin):
+        g = m.groups
+        if g > 1 and g == m.in_channels == m.out_channels:  # depthwise: channel c in is channel c out
+            ctx.read(name, "depthwise", lin)
+            result = lin
+        else:
+            if g > 1:
+                s = ctx.single(lin, ctx.node, f"grouped conv {name!r}")
+                if s is not None:
+                    ctx.constrain(s, groups=g)
+            ctx.read(name, "conv_in", lin)
+            result = (ctx.new_space(m.out_channels, producer=Producer("conv", name, self), groups=g),)
+        ctx.conv_out[name] = result
+        return result
+
+    def scores(self, graph, producer, criterion, generator):
+        s = super().scores(graph, producer, criterion, generator)
+        return s[producer.part[0]:producer.part[0] + producer.part[1]] if producer.part else s
+
+    def expand(self, graph, producer, kept, size):
+        if not producer.part:
+            return {producer.name: kept}
+        return {producer.name: graph.spaces.layout_kept(graph.conv_out[producer.name], graph.kept_space)}
+
+
+class FrozenConv(ModuleRule):
+    """A conv whose filters are normalised over their inputs, computed, or run by its own forward: neither its
+    inputs nor its outputs can shrink exactly, so both are kept."""
+
+    def matches(self, m):
+        return conv_kind(m) not in ("", "conv")
+
+    def analyse(self, ctx, name, m, lin):
+        why = {"std": "weight-standardised conv: each filter is normalised over its inputs",
+               "computed": "conv whose weight is computed (parametrization, weight_norm or a hook)"}.get(
+            conv_kind(m), f"{type(m).__name__} has its own forward")
+        ctx.freeze(lin, f"{why} ({name})")
+        result = (ctx.new_space(m.out_channels, producer=Producer("conv", name, self), frozen=f"{why} ({name})"),)
+        ctx.conv_out[name] = result
+        return result
+
+
+class ConvTranspose(ModuleRule):
+    """nn.ConvTranspose2d (groups=1), weight (C_in, C_out, kh, kw): its inputs are dim 0, its filters dim 1."""
+    is_conv = True
+
+    def matches(self, m):
+        return isinstance(m, nn.ConvTranspose2d)
+
+    def analyse(self, ctx, name, m, lin):
+        why = ""
+        if parametrize.is_parametrized(m) or "weight" not in m._parameters:
+            why = "conv whose weight is computed (parametrization, weight_norm or a hook)"
+        elif type(m).forward is not nn.ConvTranspose2d.forward:
+            why = f"{type(m).__name__} has its own forward"
+        elif m.groups != 1:
+            why = "grouped ConvTranspose2d"
+        if why:
+            ctx.freeze(lin, f"{why} ({name})")
+        else:
+            ctx.read(name, "conv_in", lin)
+        result = (ctx.new_space(m.out_channels, producer=Producer("conv", name, self),
+                                frozen=f"{why} ({name})" if why else None),)
+        ctx.conv_out[name] = result
+        return result
+
+    def scores(self, graph, producer, criterion, generator):
+        m = graph.modules[producer.name]
+        norm = graph.modules.get(graph.norm_after.get(producer.name))
+        return scores_of(m, criterion, norm, producer.name, generator, weight=m.weight.transpose(0, 1))
+
+    @torch.no_grad()
+    def shrink(self, m, out=None, in_=None):
+        w = m.weight
+        if in_ is not None:
+            w = w.index_select(0, in_)
+            m.in_channels = len(in_)
+        if out is not None:
+            w = w.index_select(1, out)
+            if m.bias is not None:
+                m.bias = nn.Parameter(m.bias[out].contiguous(), requires_grad=m.bias.requires_grad)
+            m.out_channels = len(out)
+        m.weight = nn.Parameter(w.contiguous(), requires_grad=m.weight.requires_grad)
+
+    @torch.no_grad()
+    def mask(self, m, out):
+        drop = torch.ones(m.out_channels, dtype=torch.bool, device=m.weight.device)
+        drop[out] = False
+        m.weight[:, drop] = 0
+        if m.bias is not None:
+            m.bias[drop] = 0
+
+
+class Linear(ModuleRule):
+    """nn.Linear on a (N, C) tensor reads its input spaces (columns); its outputs are not pruned."""
+
+    def matches(self, m):
+        return isinstance(m, nn.Linear)
+
+    def analyse(self, ctx, name, m, lin):
+        shape = ctx.shapes[ctx.input]
+        if len(shape) == 2:
+            ctx.read(name, "linear_in", lin)
+        else:
+            ctx.freeze(lin, f"Linear on a {len(shape)}-d tensor ({name})")
+        return ctx.fresh(ctx.node, f"Linear outputs are not pruned ({name})")
+
+
+CONV, FROZEN_CONV, CONV_TRANSPOSE, LINEAR = Conv(), FrozenConv(), ConvTranspose(), Linear()

@@ -1,0 +1,85 @@
+"""Norms: per-channel statistics shrink with the channels they read; statistics over channels keep them.
+
+BatchNorm, y[c] = g[c] (x[c] - m[c]) / sqrt(v[c] + eps) + b[c]: channel c out depends on channel c in only, so it
+keeps rows k of (g, b, m, v). GroupNorm normalises over blocks of C / G channels: removing part of a block changes
+the block's mean for the channels left, so only whole blocks go (`unit` = C / G). InstanceNorm normalises each
+channel over space alone: per-channel like BatchNorm. LayerNorm / RMSNorm over C mix every channel: kept.
+"""
+import torch
+from torch import nn
+
+from ..layers import is_batch_norm, is_group_norm, mixes_channels, norm_act_problem
+from .base import ModuleRule
+
+__all__ = ["Norm", "InstanceNorm", "MixingNorm"]
+
+
+def _feeds_from_conv(ctx):
+    """The conv right before the current norm, when the norm is its only reader (the "bn" criterion's norm)."""
+    from .registry import rule_for
+    x = ctx.input
+    if x.op == "call_module" and len(x.users) == 1 and getattr(rule_for(ctx.modules[x.target]), "is_conv", False):
+        return x.target
+    return None
+
+
+class Norm(ModuleRule):
+    """BatchNorm (and frozen, sync and timm norm-act variants) and GroupNorm (whole groups)."""
+
+    def matches(self, m):
+        return is_batch_norm(m) or is_group_norm(m)
+
+    def analyse(self, ctx, name, m, lin):
+        problem = norm_act_problem(m)
+        if problem:
+            ctx.freeze(lin, f"{problem} ({name})")
+        if is_group_norm(m):
+            unit = m.num_channels // m.num_groups
+            if all(ctx.sp.size[s] % unit == 0 for s in lin):
+                for s in lin:
+                    ctx.constrain(s, unit=unit)
+            else:
+                ctx.freeze(lin, f"GroupNorm groups straddle concatenated channels ({name})")
+        ctx.read(name, "norm", lin)
+        conv = _feeds_from_conv(ctx)
+        if conv is not None:
+            ctx.norm_after[conv] = name
+        return lin
+
+
+class InstanceNorm(ModuleRule):
+    """nn.InstanceNorm1d/2d/3d, affine or not, with or without running statistics."""
+
+    def matches(self, m):
+        return isinstance(m, nn.modules.instancenorm._InstanceNorm)
+
+    def analyse(self, ctx, name, m, lin):
+        ctx.read(name, "norm", lin)
+        conv = _feeds_from_conv(ctx)
+        if conv is not None and m.affine:
+            ctx.norm_after[conv] = name
+        return lin
+
+    @torch.no_grad()
+    def shrink(self, m, out=None, in_=None):
+        for k in ("weight", "bias", "running_mean", "running_var"):
+            t = getattr(m, k, None)
+            if isinstance(t, nn.Parameter):
+                setattr(m, k, nn.Parameter(t[out].contiguous(), requires_grad=t.requires_grad))
+            elif isinstance(t, torch.Tensor):
+                setattr(m, k, t[out].clone())
+        m.num_features = len(out)
+
+
+class MixingNorm(ModuleRule):
+    """A norm whose statistics run over channels: what it reads and what it writes are kept."""
+
+    def matches(self, m):
+        return bool(mixes_channels(m))
+
+    def analyse(self, ctx, name, m, lin):
+        ctx.freeze(lin, f"{mixes_channels(m)} ({name})")
+        return ctx.fresh(ctx.node, f"{mixes_channels(m)} ({name})")
+
+
+NORM, INSTANCE_NORM, MIXING_NORM = Norm(), InstanceNorm(), MixingNorm()
