@@ -56,6 +56,15 @@ class BaselineConfig:
     defect_oversampling: float  # how much more often training draws images that carry a defect
     monitor: str                # validation score that picks the best epoch
     seed: int                   # initial weights, crops, sampling
+    # a warm restart after the first cosine cycle (SGDR): `restart_epochs` more epochs from the best weights, cosine
+    # from `restart_lr` to 0, kept only if they beat the first cycle; 0 = none. The restart's run is a record of its
+    # own on top of the first cycle's, and its last epochs are the test of convergence: more training, no gain.
+    restart_epochs: int = 0
+    restart_lr: float = 0.0
+
+
+# fields added after records were stored: left out of a baseline's key at these values, so older keys stay valid
+_KEYLESS_DEFAULTS = {"restart_epochs": 0, "restart_lr": 0.0}
 
 
 @dataclass(frozen=True)
@@ -261,7 +270,9 @@ class Study:
 
     # ------------------------------------------------------------------------------------------------ baseline
     def baseline_config(self) -> dict:
-        return {"config": dataclasses.asdict(self.config), "data": self.data_identity()}
+        config = {k: v for k, v in dataclasses.asdict(self.config).items()
+                  if not (k in _KEYLESS_DEFAULTS and v == _KEYLESS_DEFAULTS[k])}
+        return {"config": config, "data": self.data_identity()}
 
     def key(self) -> str:
         return self.store.path("baseline", self.baseline_config()).stem
@@ -290,10 +301,33 @@ class Study:
 
     def _train(self):
         cfg = self.config
+        if cfg.restart_epochs:
+            return self._train_restart()
         model = models.create(cfg.arch, seed=cfg.seed)
         start = time.perf_counter()
         history = self.fit(model)
         return self.finish_baseline(model, history, time.perf_counter() - start)
+
+    def _train_restart(self):
+        """The first cycle's baseline (its own record), then `restart_epochs` more from its weights at
+        `restart_lr`; the restart's best epoch is kept if it beats the first cycle's best, else the first cycle's."""
+        cfg = self.config
+        first = Study((dataclasses.replace(cfg, restart_epochs=0, restart_lr=0.0), self.finetune_config),
+                      self.data_dir, self.results_dir, store_dir=self.store.root, device=self.device,
+                      progress=self.progress).baseline()
+        model = first.copy()
+        start = time.perf_counter()
+        more = train.fit(model, self.train_loader(cfg.seed + 1), self.val_loader, epochs=cfg.restart_epochs,
+                         lr=cfg.restart_lr, weight_decay=cfg.weight_decay, device=self.device, seed=cfg.seed + 1,
+                         monitor=cfg.monitor, loss_fn=self.loss_fn, progress=self.progress)
+        column = f"val_{cfg.monitor}"
+        improved = more[column].max() > first.history[column].max()
+        if not improved:
+            model = first.copy()
+        history = pd.concat([first.history, more.assign(epoch=more.epoch + len(first.history))], ignore_index=True)
+        scores = history[column].astype(float)
+        history["best"] = scores > scores.cummax().shift(fill_value=-float("inf"))  # a new best over both cycles
+        return self.finish_baseline(model, history, first.seconds + time.perf_counter() - start)
 
     def finish_baseline(self, model: nn.Module, history: pd.DataFrame, seconds: float):
         """(result, fp16 weights) of a trained baseline: the weights rounded to fp16 once (what every chapter then

@@ -160,3 +160,16 @@ def test_prune_kwargs_leave_convs_without_a_norm_to_the_bn_criterion(study):
     ignored = study.prune_kwargs("bn", model)["ignored_layers"]
     assert "decoder.p5" in ignored and "decoder.p2.skip_conv" in ignored
     assert not any(name.startswith("encoder.") for name in ignored)  # every encoder conv has a BatchNorm after it
+
+
+def test_a_warm_restart_trains_on_top_of_the_first_cycle_record(study):
+    first = study.baseline()
+    restarted = fresh(study, restart_epochs=2, restart_lr=1e-4)
+    assert restarted.key() != study.key()
+    assert "restart_epochs" not in study.baseline_config()["config"]  # older keys stay valid
+    base = restarted.baseline()
+    assert base.trained_now and list(base.history.epoch) == [1, 2, 3, 4]
+    assert base.history.iloc[:2].drop(columns="best").equals(first.history.drop(columns="best"))
+    assert base.history.best.iloc[0] and base.seconds > first.seconds
+    best = base.history.val_dice_positive.astype(float)
+    assert base.history.best.sum() == sum(best.iloc[i] > best.iloc[:i].max() for i in range(1, 4)) + 1
