@@ -8,6 +8,8 @@ When pruning keeps indices k of a space of n channels (0 <= k < n), each produce
 rows of its modules (`expand`; a conv keeps rows k, a block whose channel j is rows r*n + j of a conv keeps
 {r*n + k}), each reader keeps k along its input, and `shrink` cuts the module's tensors to those indices.
 """
+import importlib
+
 from torch import nn
 
 from ..criteria import filter_scores
@@ -89,3 +91,17 @@ class ModuleRule:
 
     shrink = None  # optional method (module, out, in_): cut the module in place to rows `out`, columns `in_`
     mask = None    # optional method (module, out): zero, in place, what rows `out` drop (the masked reference)
+
+
+class TimmBlock(ModuleRule):
+    """A rule for one timm block class (`timm_class` = (module path, class name)), matched by isinstance; timm is
+    imported when the rule is first consulted."""
+    timm_class = ("", "")
+
+    @property
+    def types(self):
+        module, name = self.timm_class
+        return (getattr(importlib.import_module(module), name),)
+
+    def matches(self, m):
+        return isinstance(m, self.types)

@@ -10,18 +10,14 @@ import torch
 from torch import nn
 
 from ..layers import is_batch_norm, is_pass, norm_act_problem
-from .base import ModuleRule, Producer, scores_of
+from .base import Producer, TimmBlock, scores_of
 
 __all__ = ["SelectiveKernel", "selective_kernel_type"]
 
 
 def selective_kernel_type():
-    """timm's SelectiveKernel; None without timm."""
-    try:
-        from timm.layers.selective_kernel import SelectiveKernel as T
-        return T
-    except ImportError:  # pragma: no cover - timm is a project dependency
-        return None
+    """timm's SelectiveKernel."""
+    return SelectiveKernel().types[0]
 
 
 def _understood(m):
@@ -31,14 +27,8 @@ def _understood(m):
         and is_batch_norm(m.attn.bn) and not norm_act_problem(m.attn.bn)
 
 
-class SelectiveKernel(ModuleRule):
-
-    @property
-    def types(self):
-        return (selective_kernel_type(),) if selective_kernel_type() else ()
-
-    def matches(self, m):
-        return bool(self.types) and isinstance(m, self.types)
+class SelectiveKernel(TimmBlock):
+    timm_class = ("timm.layers.selective_kernel", "SelectiveKernel")
 
     def analyse(self, ctx, name, m, lin):
         from .conv import CONV

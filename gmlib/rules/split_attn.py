@@ -9,29 +9,19 @@ branch r, rows q*R*cg + r*cg + i for channel q*cg + i (cg = C/card). fc1's hidde
 import torch
 from torch import nn
 
-from .base import ModuleRule, Producer, scores_of
+from .base import Producer, TimmBlock, scores_of
 
 __all__ = ["SplitAttn", "split_attn_type"]
 
 
 def split_attn_type():
-    """timm's SplitAttn; None without timm."""
-    try:
-        from timm.layers.split_attn import SplitAttn as T
-        return T
-    except ImportError:  # pragma: no cover - timm is a project dependency
-        return None
+    """timm's SplitAttn."""
+    return SplitAttn().types[0]
 
 
-class SplitAttn(ModuleRule):
+class SplitAttn(TimmBlock):
+    timm_class = ("timm.layers.split_attn", "SplitAttn")
     label = "split-attn"
-
-    @property
-    def types(self):
-        return (split_attn_type(),) if split_attn_type() else ()
-
-    def matches(self, m):
-        return bool(self.types) and isinstance(m, self.types)
 
     def analyse(self, ctx, name, m, lin):
         radix, card = m.radix, m.fc1.groups
