@@ -1,4 +1,5 @@
-"""Fine-tuning on several processes with DistributedDataParallel: `torchrun --nproc_per_node N -m gmlib.distributed`.
+"""Fine-tuning on several processes with DistributedDataParallel: `torchrun --nproc_per_node N -m gmlib.distributed`,
+with the study's recipe (its loss, defect oversampling, pos_weight).
 
 Each of the W ranks takes B / W samples of every global batch of B (a DistributedSampler: the k-th local batches
 together are the k-th batch of one process reading the same permutation). DDP averages gradients, so a loss that is
@@ -71,9 +72,13 @@ def _freeze_norms(model):
 
 
 def finetune(model: nn.Module, dataset, *, steps: int, batch_size: int, lr: float, weight_decay: float = 1e-4,
-             seed: int = 0, pos_weight=None, freeze_bn: bool = False, device=None, progress: bool = True):
+             seed: int = 0, pos_weight=None, weights=None, freeze_bn: bool = False, device=None,
+             progress: bool = True):
     """Fine-tune `model` in place for `steps` global batches of `batch_size`, on every rank of the process group
     (or alone without one): AdamW, per-step cosine lr, `global_bce_dice_loss`. Returns (model, history).
+
+    `weights` (one per sample, e.g. `data.oversampling_weights`): each epoch draws with replacement by them, as the
+    study's training does (`data.DistributedWeightedSampler`); without, every sample once per epoch, shuffled.
 
     `freeze_bn` keeps BatchNorm statistics fixed (their affine still trains); otherwise on GPUs with W > 1 the norms
     become SyncBatchNorm, and on CPU each rank normalises by its own share (the usual DDP behaviour).
@@ -90,7 +95,13 @@ def finetune(model: nn.Module, dataset, *, steps: int, batch_size: int, lr: floa
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
         if world > 1 else model
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
+    if weights is not None:
+        if len(weights) != len(dataset):
+            raise ValueError(f"weights has {len(weights)} entries for a dataset of {len(dataset)} samples")
+        sampler = data.DistributedWeightedSampler(weights, len(dataset) // batch_size * batch_size, rank=rank,
+                                                  world=world, seed=seed)
+    else:
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
     loader = DataLoader(dataset, batch_size=batch_size // world, sampler=sampler, drop_last=True, num_workers=0)
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
@@ -104,7 +115,7 @@ def finetune(model: nn.Module, dataset, *, steps: int, batch_size: int, lr: floa
             net.train()
             if freeze_bn:
                 _freeze_norms(net)
-            loss = global_bce_dice_loss(padded_forward(net, images.to(device)), masks.to(device), pos_weight)
+            loss = global_bce_dice_loss(padded_forward(net, images.to(device)), masks.to(device).float(), pos_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -134,7 +145,9 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, required=True, help="global batch, split over the processes")
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--pos-weight", type=float, default=5.0)
+    ap.add_argument("--pos-weight", type=float, default=None, help="BCE weight of defect pixels (default: profile's)")
+    ap.add_argument("--defect-oversampling", type=float, default=None,
+                    help="how much more often defect strips are drawn (default: the profile's)")
     ap.add_argument("--freeze-bn", action="store_true", help="keep BatchNorm statistics fixed")
     ap.add_argument("--no-augment", action="store_true",
                     help="whole downscaled strips, no random crop or flip (deterministic: same data on any W)")
@@ -153,8 +166,11 @@ def main(argv=None):
         augment = {} if args.no_augment else dict(crop=cfg.crop, flip=True,
                                                   generator=torch.Generator().manual_seed(args.seed + rank))
         dataset = data.SeverstalDataset(args.data_dir, train_ids, scale=cfg.scale, **augment)
+        pos_weight = cfg.pos_weight if args.pos_weight is None else args.pos_weight
+        oversampling = cfg.defect_oversampling if args.defect_oversampling is None else args.defect_oversampling
         model, history = finetune(load_any(args.checkpoint), dataset, steps=args.steps, batch_size=args.batch_size,
-                                  lr=args.lr, seed=args.seed, pos_weight=args.pos_weight, freeze_bn=args.freeze_bn)
+                                  lr=args.lr, seed=args.seed, pos_weight=pos_weight, freeze_bn=args.freeze_bn,
+                                  weights=data.oversampling_weights(dataset, oversampling))
         if rank == 0:
             save_pruned(model.cpu(), args.out, metadata={"finetune": {**vars(args), "world_size": world,
                                                                       "final_loss": float(history.loss.iloc[-1])}})

@@ -6,7 +6,10 @@ target is non-empty. Per class: a tensor of C values, NaN for a class with no pa
 """
 import torch
 
-__all__ = ["dice_pairs", "dice_kaggle", "dice_positive", "postprocess", "tune_postprocess", "DiceMeter"]
+__all__ = ["dice_pairs", "dice_kaggle", "dice_positive", "postprocess", "tune_postprocess", "PostprocessTuner",
+           "DiceMeter"]
+
+THRESHOLDS, MIN_AREAS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8), (0, 10, 20, 40, 80, 160)  # tune_postprocess's default grids
 
 
 def _as_binary(x, name):
@@ -78,42 +81,68 @@ def postprocess(probs, threshold=0.5, min_area=None):
     return masks * keep[:, :, None, None]
 
 
-def tune_postprocess(probs, target, thresholds=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8), min_areas=(0, 10, 20, 40, 80, 160)):
+def tune_postprocess(probs, target, thresholds=THRESHOLDS, min_areas=MIN_AREAS):
     """Per class c, the (threshold, min_area) from the grids that maximises the class's Kaggle Dice on
     (probs, target): the post-processing of the strong Severstal solutions. Ties go to the earlier grid entry.
 
     Returns {"threshold": [C floats], "min_area": [C ints], "dice_kaggle_per_class": [C floats at that choice]}.
     Tuning and scoring on the same images is optimistic; with 8 numbers chosen on hundreds of images, slightly.
+    The same from batches, without holding every probability: `PostprocessTuner`.
     """
-    probs = torch.as_tensor(probs)
-    t = _as_binary(target, "target")
-    if probs.shape != t.shape:
-        raise ValueError(f"probs and target shapes differ: {tuple(probs.shape)} vs {tuple(t.shape)}")
-    postprocess(probs[:1])  # validates the probabilities' range and shape
-    grid_t = _per_class(list(thresholds), len(thresholds), "thresholds", 0.0, 1.0) if thresholds else None
-    grid_a = _per_class(list(min_areas), len(min_areas), "min_areas", 0, float("inf")) if min_areas else None
-    if grid_t is None or grid_a is None:
-        raise ValueError("thresholds and min_areas must each hold at least one value")
-    out = {"threshold": [], "min_area": [], "dice_kaggle_per_class": []}
-    for c in range(probs.shape[1]):
-        truth = t[:, c].flatten(1)  # (N, HW)
-        n_true = truth.sum(1, dtype=torch.float64)  # (N,)
-        best = (-1.0, 0, 0)
-        for i, thr in enumerate(grid_t.tolist()):
-            pred = probs[:, c].flatten(1) > thr  # (N, HW)
-            area = pred.sum(1, dtype=torch.float64)  # (N,)
-            inter = (pred & truth).sum(1, dtype=torch.float64)
-            keep = area[None, :] >= grid_a[:, None]  # (A, N): which images keep the class at each min_area
-            total = area * keep + n_true  # (A, N)
-            dice = torch.where(total > 0, 2 * inter * keep / total.clamp_min(1), torch.ones_like(total))
-            score = dice.mean(1)  # (A,)
-            j = int(score.argmax())
-            if score[j] > best[0]:
-                best = (float(score[j]), i, j)
-        out["threshold"].append(float(grid_t[best[1]]))
-        out["min_area"].append(int(grid_a[best[2]]))
-        out["dice_kaggle_per_class"].append(best[0])
-    return out
+    tuner = PostprocessTuner(thresholds, min_areas)
+    tuner.update(probs, target)
+    return tuner.compute()
+
+
+class PostprocessTuner:
+    """`tune_postprocess` batch by batch. Per image, class and threshold it keeps three numbers (predicted area,
+    overlap with the target, target area), because a min_area only decides whether the predicted area is kept:
+    memory grows with the number of strips by 4 x T numbers each, not with their pixels."""
+
+    def __init__(self, thresholds=THRESHOLDS, min_areas=MIN_AREAS):
+        if not thresholds or not min_areas:
+            raise ValueError("thresholds and min_areas must each hold at least one value")
+        self.grid_t = _per_class(list(thresholds), len(thresholds), "thresholds", 0.0, 1.0)
+        self.grid_a = _per_class(list(min_areas), len(min_areas), "min_areas", 0, float("inf"))
+        self.area, self.inter, self.n_true = [], [], []  # per batch: (N, C, T), (N, C, T), (N, C)
+
+    def update(self, probs, target):
+        probs = torch.as_tensor(probs)
+        t = _as_binary(target, "target")
+        if probs.shape != t.shape:
+            raise ValueError(f"probs and target shapes differ: {tuple(probs.shape)} vs {tuple(t.shape)}")
+        postprocess(probs[:1])  # validates the probabilities' range and shape
+        truth = t.flatten(2)  # (N, C, HW)
+        area, inter = [], []
+        for thr in self.grid_t.tolist():
+            pred = probs.flatten(2) > thr
+            area.append(pred.sum(2, dtype=torch.float64))
+            inter.append((pred & truth).sum(2, dtype=torch.float64))
+        self.area.append(torch.stack(area, 2).cpu())
+        self.inter.append(torch.stack(inter, 2).cpu())
+        self.n_true.append(truth.sum(2, dtype=torch.float64).cpu())
+
+    def compute(self) -> dict:
+        if not self.area:
+            raise ValueError("PostprocessTuner.compute() called before any update()")
+        area_all, inter_all, n_true_all = torch.cat(self.area), torch.cat(self.inter), torch.cat(self.n_true)
+        out = {"threshold": [], "min_area": [], "dice_kaggle_per_class": []}
+        for c in range(area_all.shape[1]):
+            n_true = n_true_all[:, c]  # (N,)
+            best = (-1.0, 0, 0)
+            for i in range(len(self.grid_t)):
+                area, inter = area_all[:, c, i], inter_all[:, c, i]  # (N,)
+                keep = area[None, :] >= self.grid_a[:, None]  # (A, N): which images keep the class at each min_area
+                total = area * keep + n_true  # (A, N)
+                dice = torch.where(total > 0, 2 * inter * keep / total.clamp_min(1), torch.ones_like(total))
+                score = dice.mean(1)  # (A,)
+                j = int(score.argmax())
+                if score[j] > best[0]:
+                    best = (float(score[j]), i, j)
+            out["threshold"].append(float(self.grid_t[best[1]]))
+            out["min_area"].append(int(self.grid_a[best[2]]))
+            out["dice_kaggle_per_class"].append(best[0])
+        return out
 
 
 class DiceMeter:

@@ -6,13 +6,18 @@
 - "fpn_resnest14d": the quick profile's stand-in, small enough to train on a 2-core CPU in minutes: the same FPN on
   a `resnest14d` encoder (one split-attention bottleneck per stage), decoder widths halved (128 pyramid, 64
   segmentation channels).
+
+Nothing is downloaded: `create(name, pretrained=path)` starts the classifier or the FPN's encoder from a timm weight
+file you already have (e.g. resnest50d's ImageNet weights), through timm's `pretrained_cfg_overlay=dict(file=path)`.
 """
+from pathlib import Path
+
 import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["create", "NAMES", "TITLES", "FPN", "FPNDecoder"]
+__all__ = ["create", "NAMES", "TITLES", "ENCODERS", "FPN", "FPNDecoder"]
 
 # Tables 3-5 count a Severstal-sized head: 4 defect classes.
 DEFAULT_CLASSES = 4
@@ -94,10 +99,10 @@ class FPN(nn.Module):
     """
 
     def __init__(self, encoder: str = "resnest50d", num_classes: int = DEFAULT_CLASSES, pyramid_channels: int = 256,
-                 segmentation_channels: int = 128, dropout: float = 0.2):
+                 segmentation_channels: int = 128, dropout: float = 0.2, pretrained=None):
         super().__init__()
         self.num_classes = num_classes
-        self.encoder = timm.create_model(encoder, pretrained=False, features_only=True, out_indices=(1, 2, 3, 4))
+        self.encoder = _timm(encoder, pretrained, features_only=True, out_indices=(1, 2, 3, 4))
         self.decoder = FPNDecoder(self.encoder.feature_info.channels(), pyramid_channels, segmentation_channels,
                                   dropout)
         self.head = nn.Conv2d(segmentation_channels, num_classes, 1)
@@ -109,26 +114,45 @@ class FPN(nn.Module):
         return self.upsample(self.head(self.decoder(self.encoder(x))))
 
 
+def _timm(timm_name, pretrained, **kwargs):
+    """timm.create_model, from the weight file `pretrained` when given (its classifier is dropped where the head
+    differs); a file that does not fit the architecture is an error naming both."""
+    if pretrained is None:
+        return timm.create_model(timm_name, pretrained=False, **kwargs)
+    path = Path(pretrained)
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained weights {str(path)!r} not found (a timm weight file of {timm_name})")
+    try:
+        return timm.create_model(timm_name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
+    except (RuntimeError, KeyError, ValueError) as e:
+        why = " ".join(str(e).split())[:300]
+        raise ValueError(f"pretrained weights {str(path)!r} do not fit {timm_name}: {why}") from e
+
+
 def _classifier(timm_name):
-    return lambda num_classes: timm.create_model(timm_name, pretrained=False, num_classes=num_classes)
+    return lambda num_classes, pretrained: _timm(timm_name, pretrained, num_classes=num_classes)
 
 
 _BUILDERS = {
     "resnet50": _classifier("resnet50"),
     "resnext50_32x4d": _classifier("resnext50_32x4d"),
     "resnest50d": _classifier("resnest50d"),
-    "fpn_resnest50": lambda num_classes: FPN("resnest50d", num_classes=num_classes),
-    "fpn_resnest14d": lambda num_classes: FPN("resnest14d", num_classes=num_classes, pyramid_channels=128,
-                                              segmentation_channels=64),
+    "fpn_resnest50": lambda num_classes, pretrained: FPN("resnest50d", num_classes=num_classes, pretrained=pretrained),
+    "fpn_resnest14d": lambda num_classes, pretrained: FPN("resnest14d", num_classes=num_classes, pyramid_channels=128,
+                                                          segmentation_channels=64, pretrained=pretrained),
 }
+ENCODERS = {"resnet50": "resnet50", "resnext50_32x4d": "resnext50_32x4d", "resnest50d": "resnest50d",
+            "fpn_resnest50": "resnest50d", "fpn_resnest14d": "resnest14d"}  # the timm model a weight file is for
 NAMES = tuple(_BUILDERS)
 # How chapters name them in prose and figures.
 TITLES = {"resnet50": "ResNet50", "resnext50_32x4d": "ResNeXt50 (32x4d)", "resnest50d": "ResNeSt50",
           "fpn_resnest50": "FPN-ResNeSt50", "fpn_resnest14d": "FPN-ResNeSt14d"}
 
 
-def create(name: str, num_classes: int = DEFAULT_CLASSES, seed: int | None = None) -> nn.Module:
-    """Build one of NAMES with random init (seeded if `seed` is given); train/eval mode is left to the caller."""
+def create(name: str, num_classes: int = DEFAULT_CLASSES, seed: int | None = None, pretrained=None) -> nn.Module:
+    """Build one of NAMES with random init (seeded if `seed` is given); train/eval mode is left to the caller.
+    `pretrained`: a local timm weight file of ENCODERS[name] (the classifier, or the FPN's encoder) to start from;
+    the head and the decoder stay random."""
     if name not in _BUILDERS:
         raise ValueError(f"unknown model name {name!r}; choose one of {', '.join(NAMES)}")
     if not isinstance(num_classes, int) or num_classes < 1:
@@ -136,8 +160,8 @@ def create(name: str, num_classes: int = DEFAULT_CLASSES, seed: int | None = Non
     if seed is not None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = _BUILDERS[name](num_classes)
+            model = _BUILDERS[name](num_classes, pretrained)
     else:
-        model = _BUILDERS[name](num_classes)
+        model = _BUILDERS[name](num_classes, pretrained)
     model._gmlib_arch = name  # lets gmlib.save_pruned record the architecture without an arch= argument
     return model

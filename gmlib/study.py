@@ -61,10 +61,17 @@ class BaselineConfig:
     # own on top of the first cycle's, and its last epochs are the test of convergence: more training, no gain.
     restart_epochs: int = 0
     restart_lr: float = 0.0
+    # a local timm weight file of the encoder to start from ("" = random init); keyed by its sha256, not its path
+    pretrained: str = ""
+    # every drawn crop gets a seed of its own (data.WeightedDraws), so loader workers give the same batches as none;
+    # False: one generator in this process draws every crop in turn (how the quick profile's records were made)
+    draw_seeds: bool = False
 
 
 # fields added after records were stored: left out of a baseline's key at these values, so older keys stay valid
-_KEYLESS_DEFAULTS = {"restart_epochs": 0, "restart_lr": 0.0}
+_KEYLESS_DEFAULTS = {"restart_epochs": 0, "restart_lr": 0.0, "pretrained": "", "draw_seeds": False}
+# decoded strips are kept in memory when the whole set fits in this; otherwise each is decoded (JPEG, RLE) when read
+CACHE_BUDGET_BYTES = 2 ** 31
 
 
 @dataclass(frozen=True)
@@ -87,7 +94,7 @@ PROFILES = {
     "paper": (BaselineConfig(arch="fpn_resnest50", n_images=12568, data_seed=0, val_fraction=0.15, test_fraction=0.15,
                              scale=1.0,
                              crop=(256, 512), batch_size=16, epochs=40, lr=3e-4, weight_decay=1e-4, pos_weight=5.0,
-                             defect_oversampling=3.0, monitor="dice_positive", seed=0),
+                             defect_oversampling=3.0, monitor="dice_positive", seed=0, draw_seeds=True),
               FinetuneConfig(steps=2000, lr=1e-4)),
     # seconds: every experiment path end to end on a handful of strips (tests, CI)
     "smoke": (BaselineConfig(arch="fpn_resnest14d", n_images=24, data_seed=1, val_fraction=0.25, test_fraction=0.25,
@@ -137,11 +144,13 @@ class Study:
         store_dir: the results store (the study's committed one is data/store/); read-only under
             GMLIB_STORE_READONLY=1, as in `make nbval`.
         device: default CUDA when present.
+        workers: loader worker processes (0: load in this process); needs `draw_seeds` for training. Results do
+            not depend on it, so it is not part of any key. On CUDA batches go through pinned memory.
         overrides: BaselineConfig fields to change, e.g. seed=1 or epochs=10 (a new configuration, a new key).
     """
 
     def __init__(self, profile="quick", data_dir="../data/synthetic", results_dir="../results", *,
-                 store_dir="../data/store", device=None, progress: bool = True, **overrides):
+                 store_dir="../data/store", device=None, progress: bool = True, workers: int = 0, **overrides):
         if isinstance(profile, str):
             if profile not in PROFILES:
                 raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
@@ -158,19 +167,27 @@ class Study:
         if cfg.arch not in models.NAMES:
             raise ValueError(f"config arch {cfg.arch!r} is not one of {', '.join(models.NAMES)}")
         self.device = torch.device(device) if device is not None else default_device()
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+            raise ValueError(f"workers must be a non-negative int, got {workers!r}")
+        if workers and not cfg.draw_seeds:
+            raise ValueError(f"workers={workers} needs draw_seeds=True: without it one generator in this process "
+                             f"draws every crop in turn (as the {self.name} profile's records were made)")
+        self.workers = workers
         self.progress = progress
         self.results_dir = Path(results_dir)
         self.store = Store(store_dir)
         self.data_dir = data.ensure_data(data_dir, cfg.n_images, cfg.data_seed, progress=progress)
         full = data.SeverstalDataset(self.data_dir)
         self.train_ids, self.val_ids, self.test_ids = full.split(cfg.val_fraction, cfg.data_seed, cfg.test_fraction)
+        strip_bytes = 7 * round(256 * cfg.scale) * round(1600 * cfg.scale)  # 3 image + 4 mask channels, uint8
+        cache = len(full) * strip_bytes <= CACHE_BUDGET_BYTES
         self.train_set = data.SeverstalDataset(self.data_dir, self.train_ids, crop=cfg.crop, flip=True,
-                                               scale=cfg.scale, generator=torch.Generator(), cache=True)
-        self.val_set = data.SeverstalDataset(self.data_dir, self.val_ids, scale=cfg.scale, cache=True)
-        self.test_set = data.SeverstalDataset(self.data_dir, self.test_ids, scale=cfg.scale, cache=True)
-        self.val_loader = DataLoader(self.val_set, batch_size=16, num_workers=0)
-        self.test_loader = DataLoader(self.test_set, batch_size=16, num_workers=0)
-        self._weights = [cfg.defect_oversampling if has else 1.0 for has in self.train_set.has_defect()]
+                                               scale=cfg.scale, generator=torch.Generator(), cache=cache)
+        self.val_set = data.SeverstalDataset(self.data_dir, self.val_ids, scale=cfg.scale, cache=cache)
+        self.test_set = data.SeverstalDataset(self.data_dir, self.test_ids, scale=cfg.scale, cache=cache)
+        self.val_loader = DataLoader(self.val_set, batch_size=16, **self._loader_options())
+        self.test_loader = DataLoader(self.test_set, batch_size=16, **self._loader_options())
+        self._weights = data.oversampling_weights(self.train_set, cfg.defect_oversampling)
         self.loss_fn = partial(train.bce_dice_loss, pos_weight=cfg.pos_weight)
         h, w = self.val_set.size
         self.input_size = (3, h + -h % 32, w + -w % 32)  # one strip, padded as the FPN sees it
@@ -181,10 +198,17 @@ class Study:
         """Random crops with flips, defect images oversampled; `n_batches` per pass (default: one epoch's worth)."""
         bs = self.config.batch_size
         n = len(self._weights) if n_batches is None else n_batches * bs
-        self.train_set.generator.manual_seed(seed)
-        sampler = WeightedRandomSampler(self._weights, n, replacement=True,
-                                        generator=torch.Generator().manual_seed(seed))
-        return DataLoader(self.train_set, batch_size=bs, sampler=sampler, num_workers=0)
+        if self.config.draw_seeds:
+            sampler = data.WeightedDraws(self._weights, n, seed=seed)
+        else:
+            self.train_set.generator.manual_seed(seed)
+            sampler = WeightedRandomSampler(self._weights, n, replacement=True,
+                                            generator=torch.Generator().manual_seed(seed))
+        return DataLoader(self.train_set, batch_size=bs, sampler=sampler, **self._loader_options())
+
+    def _loader_options(self) -> dict:
+        return {"num_workers": self.workers, "persistent_workers": self.workers > 0,
+                "pin_memory": self.device.type == "cuda"}
 
     def loader(self, split: str) -> DataLoader:
         if split not in ("val", "test"):
@@ -215,13 +239,14 @@ class Study:
         return max(1, int(round(epochs * len(self._weights) / self.config.batch_size)))
 
     # ------------------------------------------------------------------------------------------------ training
-    def fit(self, model: nn.Module, *, seed: int | None = None) -> pd.DataFrame:
-        """Train `model` with the baseline's recipe (epochs, lr, loss, best epoch by validation `monitor`)."""
+    def fit(self, model: nn.Module, *, seed: int | None = None, resume=None) -> pd.DataFrame:
+        """Train `model` with the baseline's recipe (epochs, lr, loss, best epoch by validation `monitor`);
+        `resume`: a path for the training state after every epoch (see `train.fit`)."""
         cfg = self.config
         seed = cfg.seed if seed is None else seed
         return train.fit(model, self.train_loader(seed), self.val_loader, epochs=cfg.epochs, lr=cfg.lr,
                          weight_decay=cfg.weight_decay, device=self.device, seed=seed, monitor=cfg.monitor,
-                         loss_fn=self.loss_fn, progress=self.progress)
+                         loss_fn=self.loss_fn, resume=resume, progress=self.progress)
 
     def finetune(self, model: nn.Module, seed: int = 0, *, steps: int | None = None,
                  lr: float | None = None) -> pd.DataFrame:
@@ -244,10 +269,13 @@ class Study:
                               min_area=post["min_area"], loss_fn=self.loss_fn)
 
     def tune_postprocess(self, model: nn.Module) -> dict:
-        """Per-class threshold and minimum area that maximise the validation Kaggle Dice of `model`."""
-        probs = train.predict(model, self.val_loader, device=self.device)
+        """Per-class threshold and minimum area that maximise the validation Kaggle Dice of `model` (streamed
+        batch by batch: memory does not grow with the strips)."""
         areas = sorted({int(round(a * self.config.scale ** 2)) for a in MIN_AREAS_FULL_RES})
-        post = metrics.tune_postprocess(probs, self.val_target(), thresholds=THRESHOLDS, min_areas=areas)
+        tuner = metrics.PostprocessTuner(thresholds=THRESHOLDS, min_areas=areas)
+        for probs, masks in train.predictions(model, self.val_loader, device=self.device):
+            tuner.update(probs, masks.bool())
+        post = tuner.compute()
         return {"threshold": post["threshold"], "min_area": post["min_area"]}
 
     def prune_kwargs(self, criterion: str, model: nn.Module) -> dict:
@@ -272,6 +300,8 @@ class Study:
     def baseline_config(self) -> dict:
         config = {k: v for k, v in dataclasses.asdict(self.config).items()
                   if not (k in _KEYLESS_DEFAULTS and v == _KEYLESS_DEFAULTS[k])}
+        if self.config.pretrained:  # the weights decide the baseline, wherever the file lives
+            config["pretrained"] = {"sha256": _file_sha256(self.config.pretrained)}
         return {"config": config, "data": self.data_identity()}
 
     def key(self) -> str:
@@ -287,12 +317,18 @@ class Study:
                 trained_now.append(True)
                 return self._train()
             record = self.store.fetch("baseline", self.baseline_config(), compute)
+            self.resume_path().unlink(missing_ok=True)  # the record is safe: the training state has done its job
             model = self._load_weights(models.create(self.config.arch), record.tensors())
             r = record.result
             self._baseline = Baseline(model.eval(), r["postprocess"], r["test"], r["val"], r["test_raw"],
                                       pd.DataFrame(r["history"]), record.path, record.key, r["train_seconds"],
                                       bool(trained_now))
         return self._baseline
+
+    def resume_path(self) -> Path:
+        """Where the baseline's training state goes after every epoch while it trains (results_dir/training/<key>.pt):
+        a killed training, run again, resumes at the next epoch. Removed once the record is stored."""
+        return self.results_dir / "training" / f"{self.key()}.pt"
 
     def _load_weights(self, model, tensors):
         """`tensors` into `model`, which goes to the study's device."""
@@ -303,9 +339,9 @@ class Study:
         cfg = self.config
         if cfg.restart_epochs:
             return self._train_restart()
-        model = models.create(cfg.arch, seed=cfg.seed)
+        model = models.create(cfg.arch, seed=cfg.seed, pretrained=cfg.pretrained or None)
         start = time.perf_counter()
-        history = self.fit(model)
+        history = self.fit(model, resume=self.resume_path())  # saved before post-processing is tuned
         return self.finish_baseline(model, history, time.perf_counter() - start)
 
     def _train_restart(self):
@@ -314,12 +350,13 @@ class Study:
         cfg = self.config
         first = Study((dataclasses.replace(cfg, restart_epochs=0, restart_lr=0.0), self.finetune_config),
                       self.data_dir, self.results_dir, store_dir=self.store.root, device=self.device,
-                      progress=self.progress).baseline()
+                      progress=self.progress, workers=self.workers).baseline()
         model = first.copy()
         start = time.perf_counter()
         more = train.fit(model, self.train_loader(cfg.seed + 1), self.val_loader, epochs=cfg.restart_epochs,
                          lr=cfg.restart_lr, weight_decay=cfg.weight_decay, device=self.device, seed=cfg.seed + 1,
-                         monitor=cfg.monitor, loss_fn=self.loss_fn, progress=self.progress)
+                         monitor=cfg.monitor, loss_fn=self.loss_fn, resume=self.resume_path(),
+                         progress=self.progress)
         column = f"val_{cfg.monitor}"
         improved = more[column].max() > first.history[column].max()
         if not improved:
@@ -479,7 +516,7 @@ class Study:
     def reseeded(self, seed: int) -> "Study":
         """The same study around the baseline trained with another seed (its own record)."""
         return Study((self.config, self.finetune_config), self.data_dir, self.results_dir, store_dir=self.store.root,
-                     device=self.device, progress=self.progress, seed=seed)
+                     device=self.device, progress=self.progress, workers=self.workers, seed=seed)
 
     def iterative_run(self, rates, *, criterion: str = "fpgm", policy: str = "or-merge", metric: str = "dice_kaggle",
                       tolerance: float | None = None, macs_target: float | None = None, seed: int = 0) -> pd.DataFrame:
@@ -505,6 +542,17 @@ class Study:
         history = pd.DataFrame(record.result["history"])
         history.attrs["chosen_step"] = record.result["chosen_step"]
         return history
+
+
+def _file_sha256(path) -> str:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained weights {str(path)!r} not found (BaselineConfig.pretrained)")
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _rounded(model: nn.Module) -> dict:

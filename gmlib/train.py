@@ -19,7 +19,7 @@ from . import metrics
 from .utils import atomic_open, default_device
 
 __all__ = ["bce_dice_loss", "weighted_bce", "soft_dice", "class_sums", "dice_from_sums", "dice_term", "fit", "evaluate",
-           "predict", "padded_forward", "save_checkpoint", "MONITORS"]
+           "predict", "predictions", "padded_forward", "save_checkpoint", "MONITORS"]
 
 # Validation numbers `fit` can select the best epoch by.
 MONITORS = ("dice_kaggle", "dice_positive")
@@ -103,21 +103,31 @@ def _check_loader(loader, name):
         raise ValueError(f"{name} is empty: it yields no batches")
 
 
-@torch.no_grad()
 def predict(model: nn.Module, loader_or_batch, *, device=None, pad_to: int = 32) -> torch.Tensor:
     """Sigmoid probabilities (N, C, H, W) on the CPU for an image batch (N, 3, H, W) or a loader of (image, mask).
 
     Inputs are padded to a multiple of `pad_to` for the forward pass (see `padded_forward`); 1 turns that off.
+    All of them at once: for a large set, stream the batches with `predictions`.
     """
-    device = torch.device(device) if device is not None else default_device()
-    was_training = model.training
-    model.eval().to(device)
-    batches = [loader_or_batch] if isinstance(loader_or_batch, torch.Tensor) else (b[0] for b in loader_or_batch)
-    probs = [torch.sigmoid(padded_forward(model, images.to(device), pad_to)).float().cpu() for images in batches]
-    model.train(was_training)
+    batches = [(loader_or_batch, None)] if isinstance(loader_or_batch, torch.Tensor) else loader_or_batch
+    probs = [p for p, _ in predictions(model, batches, device=device, pad_to=pad_to)]
     if not probs:
         raise ValueError("loader_or_batch is empty: it yields no batches")
     return torch.cat(probs)
+
+
+def predictions(model: nn.Module, loader, *, device=None, pad_to: int = 32):
+    """Yields (sigmoid probabilities on the CPU, masks) per (image, mask) batch of `loader`, in eval mode."""
+    device = torch.device(device) if device is not None else default_device()
+    was_training = model.training
+    model.eval().to(device)
+    try:
+        for images, masks in loader:
+            with torch.no_grad():
+                probs = torch.sigmoid(padded_forward(model, images.to(device), pad_to)).float().cpu()
+            yield probs, masks
+    finally:
+        model.train(was_training)
 
 
 @torch.no_grad()
@@ -140,7 +150,7 @@ def evaluate(model: nn.Module, loader, *, device=None, threshold=0.5, min_area=N
     for images, masks in tqdm(loader, desc="eval", leave=False, disable=not progress):
         images, masks = images.to(device), masks.to(device)
         logits = padded_forward(model, images, pad_to)
-        loss_sum += loss_fn(logits, masks).item() * len(images)
+        loss_sum += loss_fn(logits, masks.float()).item() * len(images)
         n_images += len(images)
         meter.update(metrics.postprocess(torch.sigmoid(logits), threshold=threshold, min_area=min_area), masks > 0.5)
     model.train(was_training)
@@ -161,7 +171,8 @@ def save_checkpoint(path, model: nn.Module, **metadata) -> Path:
 def fit(model: nn.Module, train_loader, val_loader, *, epochs: int, lr: float, weight_decay: float = 1e-4,
         device=None, checkpoint=None, seed: int = 0, arch: str | None = None, monitor: str = "dice_kaggle",
         threshold: float = 0.5, min_area=None, loss_fn=bce_dice_loss, max_grad_norm: float | None = None,
-        restore_best: bool = True, progress: bool = True) -> pd.DataFrame:
+        restore_best: bool = True, resume=None, amp: bool | None = None, channels_last: bool = False,
+        progress: bool = True) -> pd.DataFrame:
     """Train `model` in place with AdamW and a per-step cosine schedule lr_t = lr (1 + cos(π t / T)) / 2.
 
     After every epoch the model is evaluated on `val_loader`; the epoch with the highest val `monitor` is kept:
@@ -170,6 +181,16 @@ def fit(model: nn.Module, train_loader, val_loader, *, epochs: int, lr: float, w
     epoch is the one kept (a fixed budget, as fine-tuning comparisons need). `seed` seeds torch's global RNG
     (dropout, and loader shuffling unless the loader has its own generator). The model is moved to `device`
     (default: CUDA if present). `threshold`/`min_area` go to `evaluate` (one number or one per class).
+
+    On CUDA the forward runs under bf16 autocast (`amp`, default on there; the loss's sums stay float32), with
+    `channels_last` the model and batches use that memory format, and nothing waits for the GPU within an epoch
+    (the loss is summed on the device and checked for inf/NaN once per epoch). On CPU nothing of this changes.
+
+    With `resume` (a path), the whole state of training (weights, optimiser, schedule, every random stream the
+    loader and torch draw from, history, best epoch so far) is written there atomically after each epoch, and a
+    call that finds the file goes on after its last finished epoch: a run killed at any moment, run again, ends
+    with the same weights and history as one that was never stopped. The file is left in place (delete it once
+    the result is safe); one written by another recipe (epochs, lr, seed, ...) is an error naming it.
 
     Returns one row per epoch: epoch, lr, train_loss, seconds (training wall time), and with a val_loader
     val_loss, val_dice_kaggle, val_dice_positive, best.
@@ -188,35 +209,55 @@ def fit(model: nn.Module, train_loader, val_loader, *, epochs: int, lr: float, w
     _check_threshold(threshold)
     torch.manual_seed(seed)
     device = torch.device(device) if device is not None else default_device()
-    model.to(device)
+    amp = device.type == "cuda" if amp is None else bool(amp)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    model.to(device, memory_format=layout)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * len(train_loader))
     arch = arch or type(model).__name__
     history, best_score, best_state = [], -math.inf, None
-    epoch_bar = tqdm(range(1, epochs + 1), desc="epochs", leave=False, disable=not progress)
+    recipe = {"epochs": epochs, "lr": float(lr), "weight_decay": float(weight_decay), "seed": seed, "monitor": monitor,
+              "batches": len(train_loader), "validated": val_loader is not None}
+    streams = _random_streams(train_loader, val_loader)
+    done = 0
+    if resume is not None and Path(resume).is_file():
+        state = _read_training_state(resume, recipe)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _set_random_states(streams, state["random"])
+        history, best_score, best_state, done = state["history"], state["best_score"], state["best_state"], state["epoch"]
+    epoch_bar = tqdm(range(done + 1, epochs + 1), desc="epochs", leave=False, disable=not progress)
     for epoch in epoch_bar:
         model.train()
-        loss_sum, n_images = 0.0, 0
+        loss_sum, n_images = torch.zeros((), dtype=torch.float64, device=device), 0
         lr_now = optimizer.param_groups[0]["lr"]
         start = time.perf_counter()
         for images, masks in tqdm(train_loader, desc=f"epoch {epoch}", leave=False, disable=not progress):
-            images, masks = images.to(device), masks.to(device)
-            loss = loss_fn(model(images), masks)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch}; lower lr={lr}")
+            images = images.to(device, non_blocking=True, memory_format=layout)
+            masks = masks.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                logits = model(images)
+            loss = loss_fn(logits.float(), masks.float())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if max_grad_norm is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
             optimizer.step()
             scheduler.step()
-            loss_sum += loss.item() * len(images)
+            loss_sum += loss.detach().double() * len(images)  # float64, as Python's sum of .item()s was
             n_images += len(images)
-        row = {"epoch": epoch, "lr": lr_now, "train_loss": loss_sum / n_images, "seconds": time.perf_counter() - start}
+        train_loss = loss_sum.item() / n_images  # the epoch's one wait for the device
+        if not math.isfinite(train_loss):
+            raise FloatingPointError(f"training loss became {train_loss} in epoch {epoch}; lower lr={lr}")
+        row = {"epoch": epoch, "lr": lr_now, "train_loss": train_loss, "seconds": time.perf_counter() - start}
         if val_loader is None:
             history.append(row)
             if checkpoint is not None:
                 save_checkpoint(checkpoint, model, epoch=epoch, arch=arch)
+            if resume is not None:
+                _write_training_state(resume, recipe, epoch, model, optimizer, scheduler, streams, history,
+                                      best_score, best_state)
             epoch_bar.set_postfix(loss=f"{row['train_loss']:.3f}")
             continue
         val = evaluate(model, val_loader, device=device, threshold=threshold, min_area=min_area, loss_fn=loss_fn)
@@ -230,7 +271,52 @@ def fit(model: nn.Module, train_loader, val_loader, *, epochs: int, lr: float, w
                                 val_dice_kaggle=val["dice_kaggle"], val_dice_positive=val["dice_positive"])
         history.append({**row, "val_loss": val["loss"], "val_dice_kaggle": val["dice_kaggle"],
                         "val_dice_positive": val["dice_positive"], "best": is_best})
+        if resume is not None:
+            _write_training_state(resume, recipe, epoch, model, optimizer, scheduler, streams, history, best_score,
+                                  best_state)
         epoch_bar.set_postfix(loss=f"{row['train_loss']:.3f}", dice=f"{val[monitor]:.3f}")
     if restore_best and best_state is not None:
         model.load_state_dict(best_state)
     return pd.DataFrame(history)
+
+
+def _random_streams(*loaders) -> list:
+    """The torch.Generators the loaders draw from (their own, their samplers', their datasets'), each once."""
+    found = {}
+    owners = [o for loader in loaders for o in (loader, getattr(loader, "sampler", None), getattr(loader, "dataset", None))]
+    for owner in owners:
+        g = getattr(owner, "generator", None)
+        if isinstance(g, torch.Generator):
+            found.setdefault(id(g), g)
+    return list(found.values())
+
+
+def _set_random_states(streams, states):
+    torch.set_rng_state(states["torch"])
+    if torch.cuda.is_available() and states.get("cuda"):
+        torch.cuda.set_rng_state_all(states["cuda"])
+    for g, s in zip(streams, states["streams"], strict=True):
+        g.set_state(s)
+
+
+def _write_training_state(path, recipe, epoch, model, optimizer, scheduler, streams, history, best_score, best_state):
+    random = {"torch": torch.get_rng_state(), "streams": [g.get_state() for g in streams],
+              "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    state = {"recipe": recipe, "epoch": epoch, "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "random": random,
+             "history": history, "best_score": best_score, "best_state": best_state}
+    with atomic_open(path) as f:
+        torch.save(state, f)
+
+
+def _read_training_state(path, recipe) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file: say which one, and what to do
+        raise ValueError(f"cannot resume from {path}: not a training state ({type(e).__name__}: {e}); "
+                         f"delete it to train from the start") from e
+    if not isinstance(state, dict) or state.get("recipe") != recipe:
+        found = state.get("recipe") if isinstance(state, dict) else None
+        raise ValueError(f"cannot resume from {path}: it was written by another recipe ({found}, this one is "
+                         f"{recipe}); delete it or pass another resume path")
+    return state

@@ -3,6 +3,7 @@ environment() records what a run ran on."""
 import os
 import platform
 import random
+import subprocess
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -15,10 +16,12 @@ import torch
 __all__ = ["set_deterministic", "default_device", "environment", "atomic_open", "native_stderr_silenced"]
 
 
-def set_deterministic(seed: int = 0, threads: int = 2) -> None:
-    """Seed python, numpy and torch, fix the CPU thread count and make printed numbers short.
+def set_deterministic(seed: int = 0, threads: int = 2, *, deterministic: bool = True) -> None:
+    """Seed python, numpy and torch, fix the CPU thread count (on a CPU-only machine) and make printed numbers short.
 
     A fixed thread count matters: float reductions split differently over threads, which changes the last digits.
+    On a GPU machine the CPU threads are left to torch (they feed the GPU). cuDNN picks deterministic kernels, or,
+    with `deterministic=False`, the fastest ones it benchmarks (`cudnn.benchmark`).
     """
     if not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
@@ -28,9 +31,10 @@ def set_deterministic(seed: int = 0, threads: int = 2) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    torch.set_num_threads(threads)
-    torch.backends.cudnn.benchmark = False
-    torch.backends.cudnn.deterministic = True
+    if not torch.cuda.is_available():
+        torch.set_num_threads(threads)
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = bool(deterministic)
     np.set_printoptions(precision=4, suppress=True)
     torch.set_printoptions(precision=4, sci_mode=False)
 
@@ -43,8 +47,10 @@ def default_device() -> torch.device:
 def environment() -> dict:
     """The software and hardware of this run (the paper's Table 2), every value a string.
 
-    Keys: python, torch, torchvision, timm, numpy, papermill, nbval (versions, "not installed" when absent), os, cpu
-    (model name), cpu_capability (PyTorch's CPU kernels, plus ATEN_CPU_CAPABILITY when set), torch_threads, gpu, cuda.
+    Keys: python, torch, torchvision, timm, numpy, papermill, nbval, onnx, onnxruntime, torch-pruning,
+    segmentation-models-pytorch (versions, "not installed" when absent), os, cpu (model name), cpu_capability
+    (PyTorch's CPU kernels, plus ATEN_CPU_CAPABILITY when set), torch_threads, gpu (every GPU's name), gpu_count,
+    cuda, cudnn, driver (NVIDIA's, from nvidia-smi).
     """
     capability = torch.backends.cpu.get_cpu_capability()
     if os.environ.get("ATEN_CPU_CAPABILITY"):
@@ -53,17 +59,31 @@ def environment() -> dict:
     return {
         "python": platform.python_version(),
         "torch": str(torch.__version__),  # with the build tag, e.g. 2.14.1+cu130
-        **{name: _version(name) for name in ("torchvision", "timm", "numpy", "papermill", "nbval")},
+        **{name: package_version(name) for name in ("torchvision", "timm", "numpy", "papermill", "nbval", "onnx",
+                                                      "onnxruntime", "torch-pruning", "segmentation-models-pytorch")},
         "os": platform.platform(),
         "cpu": _cpu_name(),
         "cpu_capability": capability,
         "torch_threads": str(torch.get_num_threads()),
-        "gpu": torch.cuda.get_device_name(0) if cuda else "none",
+        "gpu": ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())) if cuda else "none",
+        "gpu_count": str(torch.cuda.device_count() if cuda else 0),
         "cuda": str(torch.version.cuda) if cuda else "none",
+        "cudnn": str(torch.backends.cudnn.version()) if cuda and torch.backends.cudnn.is_available() else "none",
+        "driver": _nvidia_driver() if cuda else "none",
     }
 
 
-def _version(package: str) -> str:
+def _nvidia_driver() -> str:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout.split()
+        return out[0] if out else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def package_version(package: str) -> str:
+    """The installed version of `package` (its distribution name), or "not installed"."""
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:

@@ -1,8 +1,10 @@
 """gmlib.prune on the CNN families people use (timm, torchvision), each checked against a by-value masked reference.
 
-`FAMILIES` maps a family to its smallest stock model; `try_family` prunes one (random init, float64) and says
-whether it pruned exactly ("prunes": params cut by at least half the rate; "partial": exact, less cut; "refused":
-nothing pruned or an error, with the reason), measured by `gmlib.verify.check_exact`, which does not read the report.
+`FAMILIES` maps a family to its smallest stock model, `SEGMENTATION` the segmentation networks people use (smp,
+torchvision); `try_family` prunes one (random init, float64) and says whether it pruned exactly ("prunes": params cut
+by at least half the rate; "partial": exact, less cut; "refused": nothing pruned or an error, with the reason;
+"timeout": no result in time), measured by `gmlib.verify.check_exact`, which does not read the report.
+`stored_zoo_table` keeps a table as a results-store record, with the machine it ran on.
 """
 import contextlib
 import copy
@@ -16,11 +18,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .store import Store
 from .surgery import NotExactError, prune
-from .verify import check_exact, fingerprint
+from .utils import package_version
+from .verify import _flat, check_exact, fingerprint
 
-__all__ = ["FAMILIES", "create", "ZooResult", "try_family", "try_torch_pruning", "torch_pruning_step", "zoo_table",
-           "EXACT_TOL"]
+__all__ = ["FAMILIES", "SEGMENTATION", "SMP_ENCODER", "create", "ZooResult", "try_family", "try_torch_pruning",
+           "torch_pruning_step", "zoo_table", "stored_zoo_table", "unused_params", "EXACT_TOL"]
 
 EXACT_TOL = 1e-9  # relative, in float64: an exact surgery lands at ~1e-15, a wrong one at >= 1e-3
 
@@ -70,13 +74,39 @@ FAMILIES = {
     "GoogLeNet (tv)": ("torchvision", "googlenet", 64),
 }
 
+# segmentation_models_pytorch 0.6.0's CNN architectures, each on the SMP_ENCODER, and torchvision's four models
+SMP_ENCODER = "resnet34"
+SEGMENTATION = {
+    **{f"smp {arch}": ("smp", arch, 128 if arch == "PAN" else 64)  # PAN's pyramid needs 128 px
+       for arch in ["Unet", "UnetPlusPlus", "FPN", "PSPNet", "DeepLabV3", "DeepLabV3Plus", "Linknet", "MAnet", "PAN",
+                    "UPerNet"]},
+    "FCN (tv)": ("torchvision-seg", "fcn_resnet50", 64),
+    "DeepLabV3 (tv)": ("torchvision-seg", "deeplabv3_resnet50", 64),
+    "DeepLabV3-MobileNetV3 (tv)": ("torchvision-seg", "deeplabv3_mobilenet_v3_large", 64),
+    "LRASPP (tv)": ("torchvision-seg", "lraspp_mobilenet_v3_large", 64),
+}
+
+
+def _entry(family: str):
+    """(library, model name, input side) of a FAMILIES or SEGMENTATION key; any other name is a timm model."""
+    return FAMILIES.get(family) or SEGMENTATION.get(family) or ("timm", family, 64)
+
 
 def create(family: str, num_classes: int = 10, dtype=torch.float64) -> nn.Module:
-    """The family's model (random init, eval mode, `dtype`); `family` is a FAMILIES key or a timm model name."""
-    library, name, _ = FAMILIES.get(family, ("timm", family, 64))
+    """The family's model (random init, eval mode, `dtype`); `family` is a FAMILIES or SEGMENTATION key or a timm
+    model name. Nothing is downloaded: smp encoders and torchvision backbones start from random weights too."""
+    library, name, _ = _entry(family)
     if library == "timm":
         import timm
         model = timm.create_model(name, pretrained=False, num_classes=num_classes)
+    elif library == "smp":
+        import segmentation_models_pytorch as smp
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = getattr(smp, name)(encoder_name=SMP_ENCODER, encoder_weights=None, classes=num_classes)
+    elif library == "torchvision-seg":
+        from torchvision.models import segmentation
+        model = getattr(segmentation, name)(weights=None, weights_backbone=None, num_classes=num_classes)
     else:
         import torchvision
         kwargs = {"aux_logits": False, "init_weights": True} if name == "googlenet" else {}
@@ -95,7 +125,7 @@ class ZooResult:
     macs_cut: float          # percent (nan when MACs were not counted)
     coverage: float          # percent of conv output channels in prunable sets
     error: float             # relative difference to the masked reference (nan when refused)
-    status: str              # prunes | partial | refused | WRONG
+    status: str              # prunes | partial | refused | timeout | WRONG
     reason: str              # the largest frozen share's reason, or the error that refused it
 
     def as_dict(self):
@@ -122,7 +152,8 @@ def _status(error, params_cut, rate):
 
 def _setup(family, seed):
     """(model name, fingerprinted float64 original, example input)."""
-    _, name, side = FAMILIES.get(family, ("timm", family, 64))
+    library, name, side = _entry(family)
+    name = f"{name} ({SMP_ENCODER})" if library == "smp" else name
     x = torch.randn(1, 3, side, side, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
     return name, fingerprint(create(family), seed), x
 
@@ -154,18 +185,58 @@ def try_family(family: str, rate: float, policy: str = "or-merge", count_macs: b
 
 
 def zoo_table(families, rate: float, policies=("or-merge", "coupled"), torch_pruning: bool = False,
-              timeout_s: float = 30.0, seed: int = 0) -> pd.DataFrame:
-    """One row per family and method (gmlib's policies, then Torch-Pruning if asked), as a DataFrame."""
-    unknown = [f for f in families if f not in FAMILIES]
+              timeout_s: float = 30.0, seed: int = 0, count_macs: bool = True) -> pd.DataFrame:
+    """One row per family and method (gmlib's policies, then Torch-Pruning if asked), as a DataFrame, with the
+    share of parameters the forward never reads (`params_unused`, %) and the cut among those it does
+    (`params_cut_run`, %), which the status is judged on."""
+    unknown = [f for f in families if f not in FAMILIES and f not in SEGMENTATION]
     if unknown:
-        raise ValueError(f"unknown families {unknown}; choose from gmlib.zoo.FAMILIES")
+        raise ValueError(f"unknown families {unknown}; choose from gmlib.zoo.FAMILIES or gmlib.zoo.SEGMENTATION")
     rows = []
     for family in tqdm(families, desc=f"zoo at rate {rate}", mininterval=5):
         setup = _setup(family, seed)
-        rows += [try_family(family, rate, p, seed=seed, setup=setup).as_dict() for p in policies]
+        unused = 100 * unused_params(setup[1], setup[2]) / sum(p.numel() for p in setup[1].parameters())
+        results = [try_family(family, rate, p, count_macs=count_macs, seed=seed, setup=setup) for p in policies]
         if torch_pruning:
-            rows.append(try_torch_pruning(family, rate, seed=seed, timeout_s=timeout_s, setup=setup).as_dict())
+            results.append(try_torch_pruning(family, rate, seed=seed, timeout_s=timeout_s, setup=setup))
+        for r in results:  # judged on the parameters that run: dead weight is no pruner's to cut
+            run_cut = r.params_cut / (1 - unused / 100) if unused < 100 else 0.0
+            status = _status(r.error, run_cut, rate) if r.status in ("prunes", "partial") else r.status
+            rows.append({**r.as_dict(), "status": status, "params_unused": unused, "params_cut_run": run_cut})
     return pd.DataFrame(rows)
+
+
+def unused_params(model: nn.Module, example_inputs) -> int:
+    """Parameters the forward on `example_inputs` never reads (no gradient reaches them): dead weight such as the
+    encoder stages a decoder does not use. Counted on a copy; no pruner can shrink them, so cuts are also worth
+    reading as a share of the parameters that run."""
+    twin = copy.deepcopy(model)
+    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    sum(t.sum() for t in _flat(twin(*inputs))).backward()
+    return sum(p.numel() for p in twin.parameters() if p.requires_grad and p.grad is None)
+
+
+
+def stored_zoo_table(store: Store, families, rate: float, policies=("or-merge", "coupled"),
+                     torch_pruning: bool = False, timeout_s: float = 30.0, seed: int = 0,
+                     count_macs: bool = True) -> pd.DataFrame:
+    """`zoo_table` as a record of `store` (kind "zoo"), computed once: Torch-Pruning's timeouts depend on the
+    machine, so its table is data, with the machine in attrs["environment"]. The versions of torch, timm, smp and
+    Torch-Pruning are part of the key: another version is another table."""
+    config = {"families": list(families), "rate": float(rate), "policies": list(policies),
+              "torch_pruning": bool(torch_pruning), "timeout_s": float(timeout_s), "seed": int(seed),
+              "count_macs": bool(count_macs),
+              "versions": {p: package_version(p) for p in ("torch", "torchvision", "timm",
+                                                           "segmentation-models-pytorch", "torch-pruning")}}
+
+    def compute():
+        table = zoo_table(families, rate, policies, torch_pruning, timeout_s, seed, count_macs)
+        return {"rows": [{k: v.item() if hasattr(v, "item") else v for k, v in row.items()}
+                         for row in table.to_dict("records")]}
+    record = store.fetch("zoo", config, compute)
+    table = pd.DataFrame(record.result["rows"])
+    table.attrs["environment"], table.attrs["versions"] = record.environment, config["versions"]
+    return table
 
 
 class _Timeout(Exception):
@@ -203,8 +274,8 @@ def torch_pruning_step(model: nn.Module, x: torch.Tensor, rate: float, num_class
 def try_torch_pruning(family: str, rate: float, seed: int = 0, timeout_s: float = 30.0, setup=None) -> ZooResult:
     """The same with Torch-Pruning (FPGMImportance, its README's MetaPruner, classifier kept), checked the same way.
 
-    Needs `torch-pruning`. A crash, or no result within `timeout_s`, is "refused" with the reason; a result that
-    differs from the masked original by more than EXACT_TOL is "WRONG".
+    Needs `torch-pruning`. A crash is "refused" with the reason, no result within `timeout_s` is "timeout"; a
+    result that differs from the masked original by more than EXACT_TOL is "WRONG".
     """
     name, original, x = setup or _setup(family, seed)
     model = copy.deepcopy(original)
@@ -214,8 +285,9 @@ def try_torch_pruning(family: str, rate: float, seed: int = 0, timeout_s: float 
             warnings.simplefilter("ignore")
             torch_pruning_step(model, x, rate)
     except Exception as e:  # noqa: BLE001 - any crash of the other tool is a result here
+        status = "timeout" if isinstance(e, _Timeout) else "refused"
         return ZooResult(family, name, rate, "torch-pruning", 0.0, float("nan"), float("nan"), float("nan"),
-                         "refused", f"{type(e).__name__}: {str(e)[:120]}")
+                         status, str(e) if status == "timeout" else f"{type(e).__name__}: {str(e)[:120]}")
     error, why = _error(original, model, x)
     params_cut = 100 * (1 - sum(p.numel() for p in model.parameters()) / before)
     return ZooResult(family, name, rate, "torch-pruning", params_cut, float("nan"), float("nan"), error,

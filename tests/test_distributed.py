@@ -72,3 +72,30 @@ def test_bad_inputs_are_named(setup, tmp_path):
     torch.save({"weights": {}}, tmp_path / "odd.pt")
     with pytest.raises(ValueError, match="neither a save_pruned file"):
         gmlib.distributed.load_any(tmp_path / "odd.pt")
+
+
+def test_weighted_draw_is_one_draw_shared_by_the_ranks():
+    """W ranks' local batches of B / W together are the one-process batches of B, and one rank alone draws what
+    the study's WeightedRandomSampler draws with the same seed."""
+    from torch.utils.data import WeightedRandomSampler
+    weights = [3.0 if i % 3 == 0 else 1.0 for i in range(24)]
+    one = list(gmlib.data.DistributedWeightedSampler(weights, 24, seed=5))
+    assert one == list(WeightedRandomSampler(weights, 24, replacement=True, generator=torch.Generator().manual_seed(5)))
+    shares = [list(gmlib.data.DistributedWeightedSampler(weights, 24, rank=r, world=2, seed=5)) for r in range(2)]
+    b = 4  # local batch of a global batch of 8
+    for k in range(3):
+        assert sorted(shares[0][k * b:(k + 1) * b] + shares[1][k * b:(k + 1) * b]) == sorted(one[k * 8:(k + 1) * 8])
+    epoch1 = gmlib.data.DistributedWeightedSampler(weights, 24, seed=5)
+    epoch1.set_epoch(1)
+    assert list(epoch1) != one
+    with pytest.raises(ValueError, match="multiple of the 5 processes"):
+        gmlib.data.DistributedWeightedSampler(weights, 24, world=5)
+
+
+def test_oversampling_weights_follow_the_defects(setup):
+    _, data_dir = setup
+    dataset = gmlib.data.SeverstalDataset(data_dir, scale=0.25)
+    weights = gmlib.data.oversampling_weights(dataset, 3.0)
+    assert weights == [3.0 if has else 1.0 for has in dataset.has_defect()] and 3.0 in weights and 1.0 in weights
+    with pytest.raises(ValueError, match="positive"):
+        gmlib.data.oversampling_weights(dataset, 0)

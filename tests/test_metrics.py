@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from gmlib.metrics import DiceMeter, dice_kaggle, dice_pairs, dice_positive, postprocess, tune_postprocess
+from gmlib.metrics import (DiceMeter, PostprocessTuner, dice_kaggle, dice_pairs, dice_positive, postprocess,
+                           tune_postprocess)
 
 
 def naive_dice(pred, target):
@@ -137,6 +138,18 @@ def test_tune_postprocess_matches_a_brute_force_search():
     masks = postprocess(probs, tuned["threshold"], tuned["min_area"])
     assert dice_kaggle(masks, target, per_class=True).tolist() == pytest.approx(tuned["dice_kaggle_per_class"])
     assert dice_kaggle(masks, target) > dice_kaggle(postprocess(probs), target)  # tuning helps on this noise
+
+
+def test_postprocess_tuner_fed_in_batches_chooses_as_one_call_does():
+    g = torch.Generator().manual_seed(1)
+    target = torch.rand(10, 4, 6, 6, generator=g) > 0.8
+    probs = (0.4 * target + 0.7 * torch.rand(10, 4, 6, 6, generator=g)).clamp(0, 1)
+    tuner = PostprocessTuner(thresholds=(0.3, 0.6), min_areas=(0, 3, 9))
+    for k in range(0, 10, 3):  # batches of 3, 3, 3, 1
+        tuner.update(probs[k:k + 3], target[k:k + 3])
+    assert tuner.compute() == tune_postprocess(probs, target, thresholds=(0.3, 0.6), min_areas=(0, 3, 9))
+    with pytest.raises(ValueError, match="before any update"):
+        PostprocessTuner().compute()
 
 
 def test_tune_postprocess_rejects_bad_input():

@@ -147,8 +147,9 @@ def test_environment_reports_documented_keys_as_strings(monkeypatch):
 
     import torch
 
-    keys = ["python", "torch", "torchvision", "timm", "numpy", "papermill", "nbval", "os", "cpu", "cpu_capability",
-            "torch_threads", "gpu", "cuda"]
+    keys = ["python", "torch", "torchvision", "timm", "numpy", "papermill", "nbval", "onnx", "onnxruntime",
+            "torch-pruning", "segmentation-models-pytorch", "os", "cpu", "cpu_capability", "torch_threads", "gpu",
+            "gpu_count", "cuda", "cudnn", "driver"]
     monkeypatch.setenv("ATEN_CPU_CAPABILITY", "default")
     env = environment()
     assert list(env) == keys
@@ -159,6 +160,8 @@ def test_environment_reports_documented_keys_as_strings(monkeypatch):
     assert env["cpu_capability"].endswith("(ATEN_CPU_CAPABILITY=default)")
     assert env["torch_threads"] == str(torch.get_num_threads())
     assert env["gpu"] == ("none" if not torch.cuda.is_available() else torch.cuda.get_device_name(0))
+    assert env["gpu_count"] == str(torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    assert env["torch-pruning"] == metadata.version("torch-pruning") and env["onnxruntime"]
 
 
 def test_compute_grid_fills_the_store_then_finds_nothing_to_do(tmp_path, capsys):
@@ -175,3 +178,17 @@ def test_compute_grid_fills_the_store_then_finds_nothing_to_do(tmp_path, capsys)
     assert "0 units to compute" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         compute_grid.main(args + ["--shard", "2/2"])
+
+
+def test_gpu_check_runs_its_path_at_a_tiny_size_on_a_cpu(tmp_path):
+    """scripts/gpu_check.py end to end with the small network on a CPU: generated strips, the paper profile's loader
+    with worker processes, timed steps, evaluation; the figures it reports are there and sane."""
+    import gpu_check
+    out = tmp_path / "check.json"
+    assert gpu_check.main(["--device", "cpu", "--arch", "fpn_resnest14d", "--steps", "2", "--warmup", "1",
+                           "--batch-size", "2", "--workers", "1", "--n-images", "12", "--data", str(tmp_path / "d"),
+                           "--out", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    assert figures["arch"] == "fpn_resnest14d" and figures["crop"] == [256, 512] and figures["workers"] == 1
+    assert figures["train_images_per_s"] > 0 and 0 <= figures["train_waited_for_data"] <= 1
+    assert figures["peak_gpu_memory_gib"] is None and figures["val_strips"] >= 1

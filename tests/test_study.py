@@ -27,6 +27,7 @@ def fresh(study, **kw):
 def test_baseline_is_trained_once_then_read_from_the_store(study):
     first = study.baseline()
     assert first.trained_now and first.path.is_file() and first.path.parent.name == "baseline"
+    assert study.resume_path().parent.name == "training" and not study.resume_path().exists()  # done with it
     assert study.baseline() is first  # kept in memory
     again = fresh(study).baseline()
     assert not again.trained_now and again.key == first.key
@@ -173,3 +174,17 @@ def test_a_warm_restart_trains_on_top_of_the_first_cycle_record(study):
     assert base.history.best.iloc[0] and base.seconds > first.seconds
     best = base.history.val_dice_positive.astype(float)
     assert base.history.best.sum() == sum(best.iloc[i] > best.iloc[:i].max() for i in range(1, 4)) + 1
+
+
+def test_seeded_draws_give_the_same_batches_with_or_without_loader_workers(study):
+    """With draw_seeds every crop carries its own seed, so two worker processes make the batches one process
+    makes; without it, workers are refused (one generator draws the crops in turn)."""
+    drawn = [fresh(study, draw_seeds=True, **({"workers": w} if w else {})) for w in (0, 2)]
+    assert drawn[0].key() != study.key()  # another configuration
+    batches = [list(s.train_loader(seed=4, n_batches=3)) for s in drawn]
+    for (a, am), (b, bm) in zip(*batches):
+        assert torch.equal(a, b) and torch.equal(am, bm)
+    first = [img for img, _ in batches[0]]
+    assert not all(torch.equal(first[0][0], x) for x in first[0][1:])  # distinct crops within a batch
+    with pytest.raises(ValueError, match="workers=2 needs draw_seeds=True"):
+        fresh(study, workers=2)

@@ -1,7 +1,13 @@
 """gmlib.train: the loss against a hand computation, training lowers the loss, best-by-validation selection,
 atomic loadable checkpoints, evaluate against the metrics on the whole set, and the error paths."""
+import json
 import math
 import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 
 import pytest
 import torch
@@ -284,3 +290,108 @@ def test_evaluate_takes_one_threshold_per_class():
         assert mixed["dice_kaggle_per_class"][c] == pytest.approx(expect)
     with pytest.raises(ValueError, match="threshold"):
         train.evaluate(model, val_loader, device="cpu", threshold=[0.5, 1.5, 0.5, 0.5])
+
+
+# a training run in a real process, killed with SIGKILL in the middle of an epoch and run again: it resumes at that
+# epoch and ends bitwise where a run that was never stopped ends. The loader draws from three random streams
+# (torch's global one, its sampler's, its dataset's), as the study's loaders do.
+RESUME_WORKER = textwrap.dedent("""
+    import json, sys, time
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+    from gmlib import train
+
+    out, log, pause_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    torch.set_num_threads(1)
+
+    class Crops(Dataset):
+        def __init__(self, n, seed):
+            g = torch.Generator().manual_seed(seed)
+            self.images, self.masks = torch.randn(n, 3, 24, 24, generator=g), torch.rand(n, 4, 24, 24, generator=g) > 0.7
+            self.generator = torch.Generator().manual_seed(seed + 1)
+        def __len__(self):
+            return len(self.images)
+        def __getitem__(self, i):
+            top, left = torch.randint(0, 9, (2,), generator=self.generator).tolist()
+            return self.images[i, :, top:top + 16, left:left + 16], self.masks[i, :, top:top + 16, left:left + 16].float()
+
+    data = Crops(12, 0)
+    sampler = WeightedRandomSampler(torch.linspace(1, 2, 12), 12, generator=torch.Generator().manual_seed(3))
+    train_loader = DataLoader(data, batch_size=4, sampler=sampler)
+    val_loader = DataLoader(Crops(4, 5), batch_size=4)
+    calls = [0]
+
+    def loss(logits, target):
+        calls[0] += 1
+        if calls[0] == pause_at:  # the test kills the process here, mid-epoch (epoch 3's second batch)
+            open(log, "a").write("paused\\n")
+            time.sleep(300)
+        return train.bce_dice_loss(logits, target)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Dropout2d(0.2),
+                          nn.Conv2d(8, 4, 1))
+    history = train.fit(model, train_loader, val_loader, epochs=4, lr=1e-2, device="cpu", seed=7, monitor="dice_kaggle",
+                        loss_fn=loss, resume=out + "/state.pt", progress=False)
+    torch.save(model.state_dict(), out + "/weights.pt")
+    json.dump(history.drop(columns="seconds").to_dict("list"), open(out + "/history.json", "w"))
+""")
+
+
+def _resume_worker(tmp_path, name, pause_at=-1, wait=True):
+    out, log = tmp_path / name, tmp_path / f"{name}.log"
+    out.mkdir(exist_ok=True)
+    script = tmp_path / "resume_worker.py"
+    script.write_text(RESUME_WORKER)
+    cmd = [sys.executable, str(script), str(out), str(log), str(pause_at)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if wait:
+        subprocess.run(cmd, check=True, env=env, timeout=300)
+        return out
+    return subprocess.Popen(cmd, env=env), out, log
+
+
+def test_training_killed_mid_epoch_resumes_and_ends_with_the_same_weights(tmp_path):
+    reference = _resume_worker(tmp_path, "reference")
+    batches, val_batches = 3, 1  # loss calls an epoch: 12 crops in batches of 4, then 4 validation crops
+    pause_at = 2 * (batches + val_batches) + 2  # epoch 3, second training batch
+    proc, out, log = _resume_worker(tmp_path, "killed", pause_at=pause_at, wait=False)
+    deadline = time.monotonic() + 240
+    while "paused" not in (log.read_text() if log.exists() else ""):
+        assert proc.poll() is None, "the worker ended before the pause"
+        assert time.monotonic() < deadline, "the worker never reached the pause"
+        time.sleep(0.2)
+    saved = torch.load(out / "state.pt", weights_only=True)
+    assert saved["epoch"] == 2 and len(saved["history"]) == 2
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    _resume_worker(tmp_path, "killed")  # the same command again: resumes at epoch 3
+    resumed, unbroken = (torch.load(d / "weights.pt", weights_only=True) for d in (out, reference))
+    assert resumed.keys() == unbroken.keys()
+    assert all(torch.equal(resumed[k], unbroken[k]) for k in resumed)
+    assert (out / "history.json").read_text() == (reference / "history.json").read_text()
+    assert json.loads((out / "history.json").read_text())["epoch"] == [1, 2, 3, 4]
+
+
+def test_resume_from_another_recipe_or_a_broken_file_names_the_file(tmp_path):
+    train_loader, val_loader = loaders()
+    state = tmp_path / "state.pt"
+    train.fit(tiny_net(), train_loader, val_loader, epochs=1, lr=1e-2, device="cpu", resume=state, progress=False)
+    with pytest.raises(ValueError, match=r"state\.pt: it was written by another recipe"):
+        train.fit(tiny_net(), train_loader, val_loader, epochs=2, lr=1e-2, device="cpu", resume=state, progress=False)
+    state.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=r"cannot resume from .*state\.pt: not a training state"):
+        train.fit(tiny_net(), train_loader, val_loader, epochs=1, lr=1e-2, device="cpu", resume=state, progress=False)
+
+
+def test_a_loss_that_becomes_nan_stops_training_naming_the_epoch():
+    train_loader, val_loader = loaders()
+    calls = [0]
+
+    def loss(logits, target):
+        calls[0] += 1
+        value = train.bce_dice_loss(logits, target)
+        return value * float("nan") if calls[0] > 3 else value  # from epoch 2 on (2 batches an epoch)
+    with pytest.raises(FloatingPointError, match="in epoch 2; lower lr=0.01"):
+        train.fit(tiny_net(), train_loader, None, epochs=3, lr=1e-2, device="cpu", loss_fn=loss, progress=False)

@@ -182,3 +182,33 @@ def test_depthwise_conv_carries_the_space_and_linear_subclass_reads_it():
                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), Linear(8, 2))
     pruned, report, _ = exact(net, x, 0.5)
     assert pruned[2].groups == pruned[2].out_channels == pruned[6].in_features == 4 and report.coverage == 1.0
+
+
+# ------------------------------------------------------------------------------------------------ the tables
+
+def test_unused_params_counts_the_stages_a_forward_never_reads():
+    class Head(nn.Module):  # reads the stem; `late` is dead weight, `tied` is read functionally by forward
+        def __init__(self):
+            super().__init__()
+            self.stem, self.late, self.tied = nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3), nn.Conv2d(4, 4, 1)
+
+        def forward(self, x):
+            return torch.nn.functional.conv2d(self.stem(x), self.tied.weight, self.tied.bias)
+    model = Head()
+    assert gmlib.zoo.unused_params(model, torch.randn(1, 3, 8, 8)) == sum(p.numel() for p in model.late.parameters())
+    assert all(p.grad is None for p in model.parameters())  # counted on a copy
+
+
+def test_stored_zoo_table_is_computed_once_and_times_out_as_a_timeout(tmp_path):
+    pytest.importorskip("torch_pruning")
+    store = gmlib.Store(tmp_path)
+    table = gmlib.zoo.stored_zoo_table(store, ["ResNet"], 0.3, ["coupled"], torch_pruning=True, timeout_s=1e-3)
+    assert list(table.policy) == ["coupled", "torch-pruning"]
+    assert list(table.status) == ["prunes", "timeout"] and "gave up after" in table.reason.iloc[1]
+    assert table.params_unused.iloc[0] == 0 and table.params_cut_run.iloc[0] == table.params_cut.iloc[0]
+    assert table.attrs["environment"]["torch"] and table.attrs["versions"]["torch-pruning"] != "not installed"
+    store.readonly = True  # read back, not recomputed
+    again = gmlib.zoo.stored_zoo_table(store, ["ResNet"], 0.3, ["coupled"], torch_pruning=True, timeout_s=1e-3)
+    assert again.equals(table)
+    with pytest.raises(ValueError, match="unknown families"):
+        gmlib.zoo.zoo_table(["ResNett"], 0.3)

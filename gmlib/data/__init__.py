@@ -7,6 +7,7 @@ from .labels import CLASS_NAMES, read_labels
 from .dataset import MEAN, STD, SeverstalDataset, load_image, train_val_split, train_val_test_split
 from .synthetic import (REAL_COUNTS, make_synthetic_severstal, ensure_synthetic, ensure_data, is_synthetic,
                         render_strip)
+from .sampling import DistributedWeightedSampler, WeightedDraws, oversampling_weights
 from .plot import CLASS_COLORS, show_masks
 
 __all__ = [
@@ -14,5 +15,6 @@ __all__ = [
     "CLASS_NAMES", "read_labels",
     "MEAN", "STD", "SeverstalDataset", "load_image", "train_val_split", "train_val_test_split",
     "REAL_COUNTS", "make_synthetic_severstal", "ensure_synthetic", "ensure_data", "is_synthetic", "render_strip",
+    "DistributedWeightedSampler", "WeightedDraws", "oversampling_weights",
     "CLASS_COLORS", "show_masks",
 ]

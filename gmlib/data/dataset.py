@@ -1,7 +1,8 @@
 """SeverstalDataset: (image, mask) pairs from a folder in the Kaggle layout (`train_images/*.jpg` + `train.csv`).
 
-image: float32 (3, H, W) in [0, 1] (not normalised; MEAN/STD below if you want to); mask: float32 (4, H, W) of 0/1,
-channel c-1 for class c. The image list comes from the folder, so defect-free images (absent from today's CSV) count.
+image: float32 (3, H, W) in [0, 1] (not normalised; MEAN/STD below if you want to); mask: uint8 (4, H, W) of 0/1
+(cast to float for a loss), channel c-1 for class c. The image list comes from the folder, so defect-free images
+(absent from today's CSV) count.
 Order of transforms: downscale by `scale` (image bilinear + antialias, mask nearest), random crop, flips, jitter.
 """
 from pathlib import Path
@@ -96,7 +97,8 @@ class SeverstalDataset(Dataset):
         scale: downscale factor, e.g. 0.5 -> 128 x 800 (masks by nearest neighbour).
         jitter: brightness and contrast factors drawn from [1 - jitter, 1 + jitter].
         generator: torch.Generator for the random crop/flip/jitter (default: torch's global RNG, which DataLoader
-            workers seed for you).
+            workers seed for you). An index given as a pair (i, seed) uses a generator seeded with `seed` instead
+            (`data.WeightedDraws` makes such pairs: the augmentation then belongs to the draw, not the worker).
         cache: keep decoded, scaled images and masks in memory (fast epochs for small sets).
 
     The CSV and the file list are checked when the dataset is made; images are decoded (and checked) when read, or
@@ -167,10 +169,10 @@ class SeverstalDataset(Dataset):
         return image, mask
 
     def __getitem__(self, index):
-        image, mask = self._load(index)
-        image = image.float().div_(255.0)
-        mask = mask.float()
         g = self.generator
+        if isinstance(index, (tuple, list)):  # (index, seed) from WeightedDraws
+            index, g = index[0], torch.Generator().manual_seed(int(index[1]))
+        image, mask = self._load(index)  # uint8: cropped and flipped before the (elementwise) conversion to float
         if self.crop is not None:
             h, w = self.crop
             top = int(torch.randint(0, self.size[0] - h + 1, (1,), generator=g))
@@ -182,6 +184,7 @@ class SeverstalDataset(Dataset):
                 image, mask = TF.horizontal_flip(image), TF.horizontal_flip(mask)
             if vflip < 0.5:
                 image, mask = TF.vertical_flip(image), TF.vertical_flip(mask)
+        image = image.float().div_(255.0)  # the mask stays uint8 (0/1) until the loss: a quarter of the bytes
         if self.jitter:
             brightness, contrast = (1.0 + self.jitter * (2 * torch.rand(2, generator=g) - 1)).tolist()
             image = TF.adjust_contrast(TF.adjust_brightness(image, brightness), contrast)

@@ -6,11 +6,15 @@ black end bands. Defects, shaped like the real ones: 1 pit clusters, 2 jagged ed
 unlabelled faint look-alikes), so a model cannot reach Dice 1. Class shares follow the real train set (quotas).
 Deterministic: image i depends only on (seed, i) and its classes; the same seed gives byte-identical JPEGs.
 """
+import contextlib
+import functools
 import json
+import multiprocessing as mp
 import os
 import shutil
 import tempfile
 import uuid
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -258,15 +262,26 @@ def _check_replaceable(root: Path):
                               f"refusing to overwrite it")
 
 
-def make_synthetic_severstal(root, n_images: int, seed: int, *, progress: bool = True) -> Path:
+def _write_strip(job) -> list:
+    """Render strip i of the set (its own generator, seeded by (seed, i)), write its JPEG; its CSV rows."""
+    folder, seed, i, image_id, classes = job
+    image, masks = render_strip(np.random.default_rng([seed, i]), classes)
+    Image.fromarray(np.repeat(image[:, :, None], 3, axis=2)).save(Path(folder) / image_id, quality=90)
+    return [(image_id, c + 1, rle_encode(m)) for c, m in enumerate(masks) if m.any()]
+
+
+def make_synthetic_severstal(root, n_images: int, seed: int, *, progress: bool = True, workers: int = 1) -> Path:
     """Write n_images synthetic strips into `root` (Kaggle layout) atomically: built beside it, then renamed in.
 
     Replaces an older synthetic set in `root`; refuses to touch any other non-empty folder. Returns `root`.
+    `workers` > 1 renders the strips in that many processes; the files are the same bytes as with one.
     """
     if not isinstance(n_images, int) or isinstance(n_images, bool) or n_images < 1:
         raise ValueError(f"n_images must be a positive int, got {n_images!r}")
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ValueError(f"workers must be a positive int, got {workers!r}")
     root = Path(root)
     _check_replaceable(root)
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -275,13 +290,16 @@ def make_synthetic_severstal(root, n_images: int, seed: int, *, progress: bool =
         (tmp / "train_images").mkdir()
         rng = np.random.default_rng(seed)
         ids, class_sets = _image_ids(n_images, rng), assign_classes(n_images, rng)
-        rows = []
-        for i, (image_id, classes) in enumerate(tqdm(list(zip(ids, class_sets)), desc="synthetic strips",
-                                                     disable=not progress)):
-            image, masks = render_strip(np.random.default_rng([seed, i]), classes)
-            Image.fromarray(np.repeat(image[:, :, None], 3, axis=2)).save(tmp / "train_images" / image_id,
-                                                                         quality=90)
-            rows += [(image_id, c + 1, rle_encode(m)) for c, m in enumerate(masks) if m.any()]
+        jobs = [(tmp / "train_images", seed, i, image_id, classes)
+                for i, (image_id, classes) in enumerate(zip(ids, class_sets))]
+        with contextlib.ExitStack() as stack:
+            mapper = map
+            if workers > 1:  # spawn: the caller may hold torch's threads, which fork would copy mid-state
+                pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")))
+                mapper = functools.partial(pool.map, chunksize=16)
+            per_strip = list(tqdm(mapper(_write_strip, jobs), total=n_images, desc="synthetic strips",
+                                  disable=not progress))
+        rows = [row for strip in per_strip for row in strip]  # in index order, whatever the worker count
         pd.DataFrame(rows, columns=NEW_HEADER).to_csv(tmp / "train.csv", index=False)
         manifest = {"generator": "gmlib.data.synthetic", "version": VERSION, "n_images": n_images, "seed": seed}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
@@ -296,7 +314,7 @@ def make_synthetic_severstal(root, n_images: int, seed: int, *, progress: bool =
     return root
 
 
-def ensure_synthetic(root, n_images: int, seed: int, *, progress: bool = True) -> Path:
+def ensure_synthetic(root, n_images: int, seed: int, *, progress: bool = True, workers: int = 1) -> Path:
     """Make the synthetic set in `root` unless the one there already has these (n_images, seed). Returns `root`."""
     root = Path(root)
     manifest = _read_manifest(root)
@@ -304,7 +322,7 @@ def ensure_synthetic(root, n_images: int, seed: int, *, progress: bool = True) -
     if manifest == wanted and (root / "train.csv").is_file() and \
             sum(1 for _ in (root / "train_images").glob("*.jpg")) == n_images:
         return root
-    return make_synthetic_severstal(root, n_images, seed, progress=progress)
+    return make_synthetic_severstal(root, n_images, seed, progress=progress, workers=workers)
 
 
 def is_synthetic(root) -> bool:
@@ -312,10 +330,10 @@ def is_synthetic(root) -> bool:
     return _read_manifest(Path(root)) is not None
 
 
-def ensure_data(root, n_images: int, seed: int, *, progress: bool = True) -> Path:
+def ensure_data(root, n_images: int, seed: int, *, progress: bool = True, workers: int = 1) -> Path:
     """What notebooks call: a folder with a train.csv and no manifest is real data and is only read; anything else
     (missing, empty, or an older synthetic set) gets the synthetic set via ensure_synthetic. Returns `root`."""
     root = Path(root)
     if (root / "train.csv").is_file() and not is_synthetic(root):
         return root
-    return ensure_synthetic(root, n_images, seed, progress=progress)
+    return ensure_synthetic(root, n_images, seed, progress=progress, workers=workers)

@@ -20,7 +20,7 @@ for m in model.modules():  # dropout masks are drawn per process: the one thing 
         m.p = 0.0
 model, history = distributed.finetune(model, dataset, steps=int(steps),
                                      batch_size=int(batch), lr=1e-3, seed=0, pos_weight=5.0, freeze_bn=True,
-                                     progress=False)
+                                     weights=data.oversampling_weights(dataset, 3.0), progress=False)
 torch.save({"state_dict": model.state_dict(), "loss": history.loss.tolist()}, f"{out}/rank{rank}.pt")
 if dist.is_initialized():
     dist.destroy_process_group()
