@@ -8,7 +8,8 @@ FlopCounterMode (two extra forward passes), is printed next to it. Torch-Pruning
 FPGMImportance, ignored_layers=[fc]. Also prints the Table-3 figures (params / MACs reduction at input [3, 64, 64])
 for both of gmlib's residual policies next to the paper's -48.43 % / -48.81 % (NNI 2.x).
 Timed side by side in the same rounds: verify=False (goal: at most 0.25 of Torch-Pruning's time) and verify=True, the
-default (goal: under Torch-Pruning's time).
+default (goal: under Torch-Pruning's time), and gmlib.plan with its params and MACs after (what prune would do, the
+model untouched; goal: at most prune's default time).
 Needs the bench extra: pip install -e '.[bench]'.
 """
 import argparse
@@ -63,7 +64,8 @@ def main():
     x = torch.randn(1, 3, 64, 64)
 
     fns = {"gmlib": gmlib_prune(x), "tp": torch_pruning_prune(x), "l2": gmlib_prune(x, "l2"),
-           "verified": gmlib_prune(x, verify=True), "full": gmlib_prune(x, count_macs=True, verify=True)}
+           "verified": gmlib_prune(x, verify=True), "full": gmlib_prune(x, count_macs=True, verify=True),
+           "plan": lambda model: gmlib.plan(model, x, 0.4)}
     t, ratio = time_rounds(fns, args.repeats)
     print(f"ResNet50, 40 % FPGM, scoring + selection + surgery (median of {args.repeats} interleaved rounds, "
           f"{args.threads} threads; ratio: median of the per-round ratios to Torch-Pruning)")
@@ -72,7 +74,8 @@ def main():
                               ("verified", "gmlib.prune, verify=True (default)", "goal < 1"),
                               ("tp", "Torch-Pruning " + _tp_version(), ""),
                               ("l2", "gmlib, l2 scores, verify=False", "no geometric-median solve"),
-                              ("full", "gmlib, verified + MACs counted", "prune's defaults")):
+                              ("full", "gmlib, verified + MACs counted", "prune's defaults"),
+                              ("plan", "gmlib.plan, MACs before and after", "goal <= prune's defaults")):
         print(f"  {label:34s}{t[name]:9.3f}{ratio[name]:8.3f}   {goal}")
 
     base = gmlib.count(gmlib.models.create("resnet50"), (3, 64, 64))

@@ -1,11 +1,11 @@
 """gmlib: geometric-median filter pruning (FPGM) that works on real segmentation networks.
 
 Dependency direction: median -> criteria -> layers -> rules (one object per kind of module; `register_rule` adds
-yours) -> graph -> surgery -> persist -> schedule (the prune -> fine-tune -> evaluate loop; recalibrate re-estimates
-norm statistics after pruning); store (the committed results store); verify (a by-value check of any pruning) and zoo
-(the CNN families of chapter 09) on surgery; export (ONNX, int8) and latency (side-by-side timing) for deployment;
-data, models, metrics, train beside them; study (the chapters' shared set-up), sweeps (chapter 07's grids) and
-deployment (chapter 10's stored tables) on top.
+yours) -> graph -> planning (`plan`: what prune would do) -> surgery (`apply`, `prune`) -> persist -> schedule (the
+prune -> fine-tune -> evaluate loop; recalibrate re-estimates norm statistics after pruning); store (the committed
+results store); verify (a by-value check of any pruning) and zoo (the CNN families of chapter 09) on surgery; export
+(ONNX, int8) and latency (side-by-side timing) for deployment; data, models, metrics, train beside them; study (the
+chapters' shared set-up), sweeps (chapter 07's grids) and deployment (chapter 10's stored tables) on top.
 """
 import warnings
 
@@ -16,7 +16,8 @@ warnings.filterwarnings("ignore", message="IProgress not found")
 from .median import geometric_median, distance_sums
 from .criteria import CRITERIA, filter_scores, select_filters
 from .complexity import count
-from .surgery import prune, PruneReport
+from .surgery import prune, apply, plan, Plan, CouplingSet, PruneReport
+from . import planning
 from .rules import register_rule
 from . import rules
 from .persist import save_pruned, load_pruned
@@ -30,7 +31,7 @@ from .study import Study
 __all__ = [
     "geometric_median", "distance_sums",
     "CRITERIA", "filter_scores", "select_filters",
-    "count", "prune", "PruneReport", "register_rule", "rules", "save_pruned", "load_pruned",
+    "count", "prune", "plan", "apply", "Plan", "CouplingSet", "PruneReport", "register_rule", "rules", "save_pruned", "load_pruned",
     "one_shot", "iterative", "recalibrate_bn", "Study", "Store",
     "set_deterministic", "default_device", "environment",
     "models", "data", "metrics", "train", "verify", "zoo", "export", "latency", "distributed",

@@ -477,7 +477,7 @@ def test_unknown_ignored_layer_policy_criterion_round_to():
 
 def test_rate_that_would_empty_a_layer(monkeypatch):
     # select_filters never empties a layer for rate < 1; prune still refuses an empty selection, naming the layer
-    monkeypatch.setattr(gmlib.surgery, "select_filters", lambda s, *a, **k: torch.zeros(0, dtype=torch.long))
+    monkeypatch.setattr(gmlib.planning, "select_filters", lambda s, *a, **k: torch.zeros(0, dtype=torch.long))
     with pytest.raises(ValueError, match="every channel of 0"):
         gmlib.prune(small(), X, 0.3)
 

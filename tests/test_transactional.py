@@ -55,13 +55,13 @@ def user_model(dtype):
 @pytest.fixture
 def wrong_rule(monkeypatch):
     """A broken rule: one consumer reads its kept input channels in reverse order (wrong by value, runs fine)."""
-    real = gmlib.surgery._kept_indices
+    real = gmlib.planning._kept_indices
 
     def reversed_in(graph, kept_space):
         kept = real(graph, kept_space)
         kept["b"]["in"] = kept["b"]["in"].flip(0)
         return kept
-    monkeypatch.setattr(gmlib.surgery, "_kept_indices", reversed_in)
+    monkeypatch.setattr(gmlib.planning, "_kept_indices", reversed_in)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -84,14 +84,14 @@ def test_a_wrong_pruning_is_refused_and_the_model_restored(wrong_rule, dtype):
 def test_a_failure_half_way_through_the_surgery_restores_the_model(monkeypatch):
     model, _ = user_model(torch.float32)
     before = state(model)
-    real, done = gmlib.surgery.shrink_module, []
+    real, done = gmlib.planning.shrink_module, []
 
     def fails_third(m, out=None, in_=None):
         if len(done) == 2:
             raise RuntimeError("a rule refuses here")
         done.append(m)
         real(m, out, in_)
-    monkeypatch.setattr(gmlib.surgery, "shrink_module", fails_third)
+    monkeypatch.setattr(gmlib.planning, "shrink_module", fails_third)
     with pytest.raises(RuntimeError, match="refuses"):
         gmlib.prune(model, X, 0.5)
     assert len(done) == 2

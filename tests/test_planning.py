@@ -1,0 +1,106 @@
+"""gmlib.plan says what prune would do without touching the model; gmlib.apply does it; prune is the two together.
+A plan prints as a table, round-trips through JSON, and refuses a model it was not made for."""
+import copy
+
+import pytest
+import torch
+
+import gmlib
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+X = torch.zeros(1, 3, 64, 128)
+
+
+@pytest.fixture(scope="module")
+def network():
+    return gmlib.models.create("fpn_resnest14d", seed=0).eval()
+
+
+def state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}, [id(p) for p in model.parameters()]
+
+
+def test_plan_leaves_the_model_alone_and_foretells_prune(network):
+    model = copy.deepcopy(network).train()
+    before = state(model)
+    p = gmlib.plan(model, X, 0.4, policy="coupled")
+    after = state(model)
+    assert before[1] == after[1] and all(torch.equal(before[0][k], after[0][k]) for k in before[0])
+    assert model.training and all(m.training for m in model.modules())
+    report = gmlib.prune(copy.deepcopy(network), X, 0.4, policy="coupled")
+    assert (p.params_after, p.macs_after) == (report.params_after, report.macs_after)
+    assert p.kept == report.kept and p.params_before == report.params_before
+    assert [l.out_after for l in p.layers] == [l.out_after for l in report.layers]
+    pruned_sets = [s for s in p.sets if s.kept < s.size]
+    assert pruned_sets and all(s.members and set(s.voters) <= set(s.members) and not s.reason for s in pruned_sets)
+    assert any(s.reason for s in p.sets)  # the head's set is kept, and says why
+
+
+def test_apply_performs_the_plan_exactly_as_prune_would(network):
+    model, twin = copy.deepcopy(network), copy.deepcopy(network)
+    report = gmlib.apply(model, gmlib.plan(model, X, 0.3, criterion="l1"))
+    direct = gmlib.prune(twin, X, 0.3, criterion="l1")
+    assert report.kept == direct.kept and report.params_after == direct.params_after
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), twin.state_dict().values()))
+
+
+def test_a_plan_prints_round_trips_through_json_and_fits_only_its_model(network, tmp_path):
+    model = copy.deepcopy(network)
+    p = gmlib.plan(model, X, 0.3)
+    text = str(p)
+    assert "coupling sets lose channels" in text and "reason" in text and "params" in p.summary()
+    assert len(p.sets_frame()) == len(p.sets) and len(p.layers_frame()) == len(p.layers)
+    p.save(tmp_path / "plan.json")
+    back = gmlib.Plan.load(tmp_path / "plan.json")
+    assert back.kept == p.kept and back.sets == p.sets and back.layers == p.layers and back.input_size == p.input_size
+    with pytest.raises(ValueError, match="without its example inputs"):
+        gmlib.apply(model, back)
+    report = gmlib.apply(model, back, example_inputs=X)
+    assert report.params_after == p.params_after
+    with pytest.raises(ValueError, match=r"does not fit this model: its parameter '.*' is of shape"):
+        gmlib.apply(model, p)  # the model has changed since: a plan applies once
+    other = gmlib.models.create("resnet50")
+    with pytest.raises(ValueError, match="does not fit this model"):
+        gmlib.apply(other, p)
+    with pytest.raises(TypeError, match="gmlib.Plan"):
+        gmlib.apply(model, p.to_dict())
+
+
+def test_plan_names_bad_input(network):
+    with pytest.raises(ValueError, match=r"rate must be in \[0, 1\)"):
+        gmlib.plan(network, X, 1.0)
+    with pytest.raises(ValueError, match="unknown policy"):
+        gmlib.plan(network, X, 0.3, policy="union")
+
+
+def test_rates_per_set_by_name_glob_or_callable_with_a_cap(network):
+    uniform = gmlib.plan(network, X, 0.5, sizes_after=False)
+    encoder_only = gmlib.plan(network, X, {"encoder.*": 0.5}, sizes_after=False)
+    by_set = {s.index: s for s in encoder_only.sets}
+    assert all(s.rate == (0.5 if any(m.startswith("encoder.") for m in s.members) else 0.0) for s in by_set.values())
+    assert any(s.kept < s.size for s in by_set.values())
+    assert all(s.kept == s.size for s in by_set.values() if s.rate == 0)
+    assert sum(s.kept for s in encoder_only.sets) > sum(s.kept for s in uniform.sets)
+    called = []
+    by_size = gmlib.plan(network, X, lambda s: called.append(s) or (0.6 if s.size >= 128 else 0.2),
+                         max_rate=0.4, sizes_after=False)
+    assert called and all(s.rate == (0.4 if s.size >= 128 else 0.2) for s in by_size.sets)
+    assert isinstance(by_size.rate, str)  # a callable is kept as its description
+    first_glob = gmlib.plan(network, X, {"decoder.p5": 0.3, "decoder.*": 0.1}, sizes_after=False)
+    assert next(s for s in first_glob.sets if "decoder.p5" in s.members).rate == 0.3  # first matching entry wins
+
+
+def test_bad_per_set_rates_are_named_and_the_model_untouched(network):
+    model = copy.deepcopy(network)
+    before = state(model)
+    with pytest.raises(ValueError, match="'encodr.*' names no module"):
+        gmlib.prune(model, X, {"encodr.*": 0.3})
+    with pytest.raises(ValueError, match=r"rate of 'encoder.\*' must be in \[0, 1\)"):
+        gmlib.prune(model, X, {"encoder.*": 1.5})
+    with pytest.raises(ValueError, match=r"rate\('.*', \.\.\.\) must be in \[0, 1\)"):
+        gmlib.prune(model, X, lambda s: -0.1)
+    with pytest.raises(ValueError, match="max_rate"):
+        gmlib.prune(model, X, 0.3, max_rate=2)
+    assert all(torch.equal(before[0][k], v) for k, v in model.state_dict().items())
+    report = gmlib.prune(model, X, {"encoder.layer4.*": 0.5})
+    assert report.params_reduction > 5 and report.rate == {"encoder.layer4.*": 0.5}
