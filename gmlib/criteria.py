@@ -4,6 +4,9 @@
              the median are the ones the others can represent, so they go first.
 "fpgm-sum":  sum_i ||w_i - w_j||, the relaxation used by the FPGM paper, NNI and Torch-Pruning.
 "l1", "l2":  the filter's norm (Li et al. 2017);  "random": seeded uniform;  "bn": |gamma| of the following norm layer.
+A criterion of your own is a callable (weight, module, name) -> one score per filter (`fpgm`, `l1`, ... below are
+the built-ins in that form); `taylor(model, inputs, targets, loss_fn)` makes a data-driven one:
+"taylor":    sum over a filter's entries of (w * dL/dw)^2, first-order Taylor importance (Molchanov et al. 2019).
 """
 import pandas as pd
 import torch
@@ -11,7 +14,8 @@ from torch import nn
 
 from .median import all_finite, distance_sums, distances_to, geometric_median
 
-__all__ = ["CRITERIA", "filter_scores", "select_filters", "norm_conditions", "pruned_sets"]
+__all__ = ["CRITERIA", "filter_scores", "select_filters", "norm_conditions", "pruned_sets", "fpgm", "fpgm_sum", "l1",
+           "l2", "taylor", "is_criterion"]
 
 CRITERIA = ("fpgm", "fpgm-sum", "l1", "l2", "random", "bn")
 
@@ -37,14 +41,26 @@ def _check_groups(groups, n, what):
         raise ValueError(f"groups={groups} does not divide the {n} {what}")
 
 
-def filter_scores(weight, criterion: str = "fpgm", *, groups: int = 1, bn=None, generator=None):
+def is_criterion(criterion) -> bool:
+    """A built-in name (CRITERIA) or a callable (weight, module, name) -> scores."""
+    return callable(criterion) or criterion in CRITERIA
+
+
+def filter_scores(weight, criterion="fpgm", *, groups: int = 1, bn=None, generator=None, module=None, name=None):
     """One score per output filter of a conv/linear weight (C_out, C_in/groups, k, k); lower = pruned first.
 
     With groups > 1 (a grouped conv: its filter groups see different inputs) the median and the distance sums are
     taken within each group. "random" uses `generator` (default: seed 0, so it is reproducible); "bn" needs `bn`,
     the BatchNorm/GroupNorm-like module (or its weight tensor) that follows, one gamma per filter.
+    A callable criterion gets (weight, module, name) and must return C_out finite scores.
     Returns a float tensor of shape (C_out,) on the weight's device.
     """
+    if callable(criterion):
+        scores = torch.as_tensor(criterion(weight, module, name)).detach()
+        if scores.shape != (weight.shape[0],) or not all_finite(scores):
+            raise ValueError(f"it must return {weight.shape[0]} finite scores, one per filter, got shape "
+                             f"{tuple(scores.shape)}")
+        return scores.float().to(weight.device)
     if criterion not in CRITERIA:
         raise ValueError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
     w = _filters(weight, groups)  # (g, n, D)
@@ -148,3 +164,44 @@ def pruned_sets(model: nn.Module, rate: float, criteria, *, norm_after=None) -> 
             kept = set(select_filters(scores, rate, groups=conv.groups).tolist())
             out[name][c] = set(range(n)) - kept
     return out
+
+
+# ----------------------------------------------------------------------------------------------------- callables
+
+def _builtin(criterion):
+    def score(weight, module=None, name=None):
+        return filter_scores(weight, criterion, groups=getattr(module, "groups", 1))
+    score.__name__ = criterion.replace("-", "_")
+    return score
+
+
+fpgm, fpgm_sum, l1, l2 = (_builtin(c) for c in ("fpgm", "fpgm-sum", "l1", "l2"))
+
+
+def taylor(model: nn.Module, inputs, targets, loss_fn):
+    """A criterion from one batch: loss_fn(model(inputs), targets) is back-propagated once (the model's own gradients
+    are left as they were), and a filter scores sum (w * dL/dw)^2 over its entries: the first-order estimate of the
+    loss change when it is removed (Molchanov et al., CVPR 2019). Returns the callable (weight, module, name); it
+    finds a module's gradient by its name, so it also scores a copy of `model` (the same names)."""
+    params = dict(model.named_parameters())
+    saved = {n: p.grad for n, p in params.items()}
+    try:
+        for p in params.values():
+            p.grad = None
+        loss_fn(model(inputs), targets).backward()
+        grads = {n: p.grad.detach().clone() for n, p in params.items() if p.grad is not None}
+    finally:
+        for n, p in params.items():
+            p.grad = saved[n]
+    by_id = {id(p): n for n, p in params.items()}
+
+    def score(weight, module=None, name=None):
+        key = f"{name}.weight" if f"{name}.weight" in grads else by_id.get(id(getattr(module, "weight", None)))
+        if key not in grads:
+            raise ValueError(f"taylor: no gradient for {name!r} (the batch's loss does not reach it)")
+        g = grads[key]
+        if g.shape != weight.shape and g.dim() > 1 and g.transpose(0, 1).shape == weight.shape:
+            g = g.transpose(0, 1)  # a rule that scores the weight in another layout (ConvTranspose2d)
+        return (weight.detach() * g).pow(2).flatten(1).sum(1)
+    score.__name__ = "taylor"
+    return score

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .complexity import count
-from .criteria import CRITERIA, select_filters
+from .criteria import CRITERIA, is_criterion, select_filters
 from .graph import analyse
 from .rules import rule_for
 from .shrink import shrink_module, shrink_named
@@ -71,7 +71,7 @@ class Plan:
     example inputs again for such a plan when it verifies.
     """
     rate: object       # as asked: a float, a {name or glob: rate} dict, or a description of a callable
-    criterion: str
+    criterion: str     # a built-in's name, or a callable's __name__
     policy: str
     round_to: int
     input_size: tuple | None
@@ -220,7 +220,8 @@ def plan(model: nn.Module, example_inputs, rate, *, criterion: str = "fpgm", pol
     kept = _kept_indices(graph, kept_space)
     rows = _layer_rows(model, graph, kept, set_of, notes, {s.index: s.rate for s in sets})
     asked = float(rate) if isinstance(rate, (int, float)) else dict(rate) if isinstance(rate, dict) else repr(rate)
-    result = Plan(asked, criterion, policy, round_to, size, sets, kept, rows, warnings, coverage, frozen,
+    named = criterion if isinstance(criterion, str) else getattr(criterion, "__name__", repr(criterion))
+    result = Plan(asked, named, policy, round_to, size, sets, kept, rows, warnings, coverage, frozen,
                   params_before, None, macs_before, None, {n: tuple(p.shape) for n, p in model.named_parameters()},
                   graph, kept_space, (example_inputs,) if isinstance(example_inputs, torch.Tensor)
                   else tuple(example_inputs))
@@ -279,8 +280,9 @@ def _rate_rule(model, rate, max_rate):
 
 
 def _check_arguments(model, criterion, policy, round_to, count_macs, seed):
-    if criterion not in CRITERIA:
-        raise ValueError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
+    if not is_criterion(criterion):
+        raise ValueError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}, or pass a callable "
+                         f"(weight, module, name) -> scores")
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
     if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:

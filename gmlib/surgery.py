@@ -98,7 +98,8 @@ def prune(model: nn.Module, example_inputs, rate, *, criterion: str = "fpgm", po
     Channels an unsupported op touches are kept (see warnings). `seed` draws the scores of criterion "random" (one
     generator for the whole call, so every layer gets its own draw); the other criteria ignore it. `rate` may also
     be given per coupling set, as a {module name or glob: rate} dict or a callable on the set (see `gmlib.plan`),
-    and `max_rate` caps every set's.
+    and `max_rate` caps every set's. `criterion` may be a callable (weight, module, name) -> one score per filter
+    (higher is kept); `gmlib.criteria` has the built-ins in that form and `criteria.taylor`, a data-driven one.
 
     All or nothing: with `verify` (the default) the pruned network is checked, in float64 on `example_inputs`, in
     eval and (where it runs in it) train mode, against the original with the removed channels zeroed; if they differ

@@ -104,3 +104,42 @@ def test_bad_per_set_rates_are_named_and_the_model_untouched(network):
     assert all(torch.equal(before[0][k], v) for k, v in model.state_dict().items())
     report = gmlib.prune(model, X, {"encoder.layer4.*": 0.5})
     assert report.params_reduction > 5 and report.rate == {"encoder.layer4.*": 0.5}
+
+
+def test_a_criterion_can_be_a_callable_and_the_built_ins_are_callables(network):
+    by_name = gmlib.plan(network, X, 0.4, criterion="l1", sizes_after=False)
+    by_callable = gmlib.plan(network, X, 0.4, criterion=gmlib.criteria.l1, sizes_after=False)
+    assert by_callable.kept == by_name.kept and by_callable.criterion == "l1"
+    seen = []
+
+    def negative_l1(weight, module, name):
+        seen.append(name)
+        return -weight.abs().flatten(1).sum(1)
+    opposite = gmlib.plan(network, X, 0.4, criterion=negative_l1, sizes_after=False)
+    assert seen and opposite.kept != by_name.kept and opposite.criterion == "negative_l1"
+    with pytest.raises(ValueError, match=r"cannot score 'encoder.conv1.0' with criterion 'short': it must return 32"):
+        def short(weight, module, name):
+            return torch.ones(1)
+        gmlib.plan(network, X, 0.4, criterion=short, sizes_after=False)
+    with pytest.raises(ValueError, match="or pass a callable"):
+        gmlib.plan(network, X, 0.4, criterion="taylr")
+
+
+def test_taylor_criterion_from_one_batch_prunes_exactly_and_leaves_the_gradients(network):
+    model = copy.deepcopy(network)
+    g = torch.Generator().manual_seed(0)
+    images, masks = torch.rand(2, 3, 64, 128, generator=g), (torch.rand(2, 4, 64, 128, generator=g) > 0.9).float()
+    marker = torch.full_like(model.head.weight, 7.0)
+    model.head.weight.grad = marker.clone()
+    criterion = gmlib.criteria.taylor(model, images, masks, gmlib.train.bce_dice_loss)
+    assert torch.equal(model.head.weight.grad, marker)  # the model's own gradients are back
+    assert all(p.grad is None for n, p in model.named_parameters() if n != "head.weight")
+    reference = gmlib.verify.fingerprint(copy.deepcopy(model).double().eval())
+    pruned = copy.deepcopy(reference)
+    report = gmlib.prune(pruned, X.double(), 0.3, criterion=gmlib.criteria.taylor(reference, images.double(),
+                                                                               masks.double(),
+                                                                               gmlib.train.bce_dice_loss))
+    assert report.criterion == "taylor" and report.params_reduction > 15
+    assert gmlib.verify.check_exact(reference, pruned, X.double()) < 1e-9
+    scores = criterion(model.decoder.p5.weight, model.decoder.p5, "decoder.p5")
+    assert scores.shape == (model.decoder.p5.out_channels,) and (scores >= 0).all() and scores.sum() > 0

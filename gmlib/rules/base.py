@@ -57,9 +57,11 @@ def scores_of(conv: nn.Module, criterion, norm, name, generator, weight=None):
     """Per-filter scores of a conv (its weight's rows, or `weight` given in that layout), as float."""
     w = conv.weight if weight is None else weight
     try:
-        return filter_scores(w, criterion, groups=getattr(conv, "groups", 1), bn=norm, generator=generator).float()
+        return filter_scores(w, criterion, groups=getattr(conv, "groups", 1), bn=norm, generator=generator,
+                             module=conv, name=name).float()
     except ValueError as e:
-        raise ValueError(f"cannot score {name!r} with criterion {criterion!r}: {e}") from e
+        label = criterion if isinstance(criterion, str) else getattr(criterion, "__name__", repr(criterion))
+        raise ValueError(f"cannot score {name!r} with criterion {label!r}: {e}") from e
 
 
 class ModuleRule:
