@@ -27,6 +27,7 @@ from .transaction import Snapshot
 __all__ = ["plan", "Plan", "CouplingSet", "LayerChange", "POLICIES"]
 
 POLICIES = ("or-merge", "coupled")
+GLOBAL_CRITERIA = ("l1", "l2", "bn")  # scores that compare across layers (see plan's global_ranking)
 
 
 @dataclass
@@ -160,15 +161,30 @@ def _layers_frame(layers) -> pd.DataFrame:
 
 def plan(model: nn.Module, example_inputs, rate, *, criterion: str = "fpgm", policy: str = "or-merge",
          ignored_layers=(), round_to: int = 1, count_macs: bool = True, seed: int = 0, max_rate: float | None = None,
-         sizes_after: bool = True) -> Plan:
+         global_ranking: bool = False, sizes_after: bool = True) -> Plan:
     """The Plan of `prune(model, example_inputs, rate, ...)` (same arguments, same meaning), without changing the
     model. `sizes_after` also counts the params (and with `count_macs` the MACs) after, on a pruned copy.
 
     `rate` is one float for every coupling set, or per set: a dict {module name or glob: rate} (a set takes the
     rate of the first entry that names one of its members; a set no entry names keeps its channels; an entry that
     names no module is an error), or a callable taking the CouplingSet (members, voters, size) and returning its
-    rate. `max_rate` caps every set's rate."""
+    rate. `max_rate` caps every set's rate.
+
+    `global_ranking`: one ranking over the whole network instead of one per set (Network Slimming, for "bn"): the
+    `rate` share of all prunable channels with the lowest scores goes, wherever they are, and each set's rate is
+    its share of them (capped by `max_rate`, default 0.9). Only for criteria whose scores compare across layers:
+    "bn" (|gamma|: every norm scales activations it has brought to unit variance), "l1" and "l2" divided by the
+    number of a filter's weight entries (for l2 its square root), so that wide and narrow fan-ins compare, or a
+    callable of yours."""
     _check_arguments(model, criterion, policy, round_to, count_macs, seed)
+    if global_ranking and not (callable(criterion) or criterion in GLOBAL_CRITERIA):
+        raise ValueError(f"global_ranking needs scores that compare across layers: criterion one of "
+                         f"{', '.join(GLOBAL_CRITERIA)} or a callable, got {criterion!r}")
+    if global_ranking and (isinstance(rate, bool) or not isinstance(rate, (int, float))):
+        raise TypeError(f"global_ranking takes one rate (the share of all prunable channels), got {rate!r}")
+    if global_ranking:
+        _valid_rate(rate)
+        max_rate = 0.9 if max_rate is None else max_rate
     rate_of = _rate_rule(model, rate, max_rate)
     generator = torch.Generator().manual_seed(seed) if criterion == "random" else None
     ignored = _resolve_ignored(model, ignored_layers)
@@ -183,7 +199,7 @@ def plan(model: nn.Module, example_inputs, rate, *, criterion: str = "fpgm", pol
         if u.role != "conv_in" and _under(u.module, ignored):
             sp.freeze(u.layout, f"read by ignored layer {u.module!r}")
     warnings = list(graph.warnings)
-    kept_space, set_of, notes, set_reason, sets = {}, {}, {}, {}, []
+    kept_space, set_of, notes, set_reason, sets, opened = {}, {}, {}, {}, [], []
     for i, r in enumerate(r for r in sp.roots() if sp.producers[r]):
         producers, n, unit, groups = sp.producers[r], sp.size[r], sp.unit[r], sp.groups[r]
         for p in producers:
@@ -201,17 +217,24 @@ def plan(model: nn.Module, example_inputs, rate, *, criterion: str = "fpgm", pol
         entry = CouplingSet(i, list(dict.fromkeys(p[1] for p in producers)),
                             list(dict.fromkeys(p[1] for p in voters)), n, n, reason)
         sets.append(entry)
-        entry.rate = set_rate = rate_of(entry)  # asked, even of a set that is kept whole
+        opened.append((r, entry, voters))
         if reason:
             for p in producers:
                 notes[p[1]] = reason
+    scored = {}
+    if global_ranking:
+        scored = {r: [_member_scores(graph, p, criterion, generator) for p in voters]
+                  for r, entry, voters in opened if not entry.reason}
+        rate_of = _global_rates(graph, opened, scored, rate, max_rate, criterion)
+    for r, entry, voters in opened:
+        n, unit, groups = sp.size[r], sp.unit[r], sp.groups[r]
+        entry.rate = set_rate = rate_of(entry)  # asked, even of a set that is kept whole
+        if entry.reason or set_rate == 0:
             continue
-        if set_rate == 0:
-            continue
-        scores = [_member_scores(graph, p, criterion, generator) for p in voters]
+        scores = scored.get(r) or [_member_scores(graph, p, criterion, generator) for p in voters]
         kept = _select(scores, n, unit, groups, set_rate, policy, round_to)
         if kept.numel() == 0:
-            raise ValueError(f"rate {set_rate} would remove every channel of {', '.join(p[1] for p in producers)}")
+            raise ValueError(f"rate {set_rate} would remove every channel of {', '.join(entry.members)}")
         if kept.numel() < n:
             kept_space[r] = kept.cpu()
             entry.kept = int(kept.numel())
@@ -246,6 +269,36 @@ def _tally(model, size, count_macs):
     if size and count_macs:
         return count(model, size)
     return sum(p.numel() for p in model.parameters()), None
+
+
+def _global_rates(graph, opened, scored, rate, max_rate, criterion):
+    """CouplingSet -> rate from one threshold over every open set's per-unit scores (normalised per weight entry for
+    l1 / l2): the lowest `rate` share of the channels, counted with their unit sizes."""
+    sp, cap = graph.spaces, _valid_rate(max_rate, "max_rate")
+    values, weights, owner = [], [], []
+    for r, entry, voters in opened:
+        if r not in scored:
+            continue
+        unit, per_entry = sp.unit[r], []
+        for p, s in zip(voters, scored[r]):
+            weight = getattr(graph.modules.get(p.name), "weight", None)
+            entries = weight[0].numel() if isinstance(weight, torch.Tensor) and weight.dim() > 1 else 1
+            per_entry.append(s / entries if criterion == "l1" else s / math.sqrt(entries) if criterion == "l2" else s)
+        unit_scores = sum(s.view(-1, unit).sum(1) for s in per_entry) / (len(per_entry) * unit)
+        values.append(unit_scores.cpu().double())
+        weights.append(torch.full((len(unit_scores),), float(unit), dtype=torch.double))
+        owner += [entry.index] * len(unit_scores)
+    if not values:
+        return lambda entry: 0.0
+    values, weights, owner = torch.cat(values), torch.cat(weights), torch.tensor(owner)
+    order = torch.argsort(values, stable=True)
+    pruned = order[: int((torch.cumsum(weights[order], 0) <= rate * weights.sum()).sum())]
+    share = {i: 0.0 for i in set(owner.tolist())}
+    for i in owner[pruned].tolist():
+        share[i] += 1
+    sizes = {i: int((owner == i).sum()) for i in share}
+    rates = {i: min(share[i] / sizes[i], cap, 1 - 1 / sizes[i]) for i in share}
+    return lambda entry: rates.get(entry.index, 0.0)
 
 
 def _valid_rate(value, what="rate") -> float:

@@ -89,7 +89,7 @@ class PruneReport:
 
 def prune(model: nn.Module, example_inputs, rate, *, criterion: str = "fpgm", policy: str = "or-merge",
           ignored_layers=(), round_to: int = 1, count_macs: bool = True, seed: int = 0, max_rate: float | None = None,
-          verify: bool = True) -> PruneReport:
+          global_ranking: bool = False, verify: bool = True) -> PruneReport:
     """Physically remove `rate` of every Conv2d's output filters, in place, and propagate to all consumers.
 
     Convs whose outputs reach the model output and `ignored_layers` (names or modules; their output channels are
@@ -98,7 +98,8 @@ def prune(model: nn.Module, example_inputs, rate, *, criterion: str = "fpgm", po
     Channels an unsupported op touches are kept (see warnings). `seed` draws the scores of criterion "random" (one
     generator for the whole call, so every layer gets its own draw); the other criteria ignore it. `rate` may also
     be given per coupling set, as a {module name or glob: rate} dict or a callable on the set (see `gmlib.plan`),
-    and `max_rate` caps every set's. `criterion` may be a callable (weight, module, name) -> one score per filter
+    and `max_rate` caps every set's; `global_ranking` ranks the filters of the whole network at once (see
+    `gmlib.plan`). `criterion` may be a callable (weight, module, name) -> one score per filter
     (higher is kept); `gmlib.criteria` has the built-ins in that form and `criteria.taylor`, a data-driven one.
 
     All or nothing: with `verify` (the default) the pruned network is checked, in float64 on `example_inputs`, in
@@ -114,7 +115,8 @@ def prune(model: nn.Module, example_inputs, rate, *, criterion: str = "fpgm", po
     if not isinstance(verify, bool):
         raise TypeError(f"verify must be True or False, got {verify!r}")
     planned = plan(model, example_inputs, rate, criterion=criterion, policy=policy, ignored_layers=ignored_layers,
-                   round_to=round_to, count_macs=count_macs, seed=seed, max_rate=max_rate, sizes_after=False)
+                   round_to=round_to, count_macs=count_macs, seed=seed, max_rate=max_rate,
+                   global_ranking=global_ranking, sizes_after=False)
     return apply(model, planned, verify=verify, count_macs=count_macs, stacklevel=3)
 
 
@@ -165,7 +167,7 @@ def apply(model: nn.Module, plan: Plan, *, verify: bool = True, example_inputs=N
                          after[1], list(plan.warnings),
                          {n: {d: list(v) for d, v in k.items()} for n, k in model._gmlib_kept.items()},
                          plan.coverage, dict(plan.frozen))
-    asked = max((c.rate for c in plan.sets), default=0.0)
+    asked = plan.rate if isinstance(plan.rate, float) else max((c.rate for c in plan.sets), default=0.0)
     if asked > 0 and report.params_reduction < 50 * asked:
         _warnings.warn(f"prune cut {report.params_reduction:.1f}% of the parameters at rate {plan.rate!r}: "
                        f"{report.frozen_reason or 'or-merge keeps a channel that any conv sharing it keeps'}",

@@ -143,3 +143,22 @@ def test_taylor_criterion_from_one_batch_prunes_exactly_and_leaves_the_gradients
     assert gmlib.verify.check_exact(reference, pruned, X.double()) < 1e-9
     scores = criterion(model.decoder.p5.weight, model.decoder.p5, "decoder.p5")
     assert scores.shape == (model.decoder.p5.out_channels,) and (scores >= 0).all() and scores.sum() > 0
+
+
+def test_global_ranking_spends_one_threshold_over_the_network(network):
+    local = gmlib.plan(network, X, 0.4, criterion="l1", sizes_after=False)
+    ranked = gmlib.plan(network, X, 0.4, criterion="l1", global_ranking=True)
+    open_sets = [s for s in ranked.sets if not s.reason]
+    rates = {round(s.rate, 3) for s in open_sets}
+    assert len(rates) > 2 and max(rates) <= 0.9  # the sets get different rates, capped
+    units = {s.index: s.size for s in open_sets}
+    pruned = sum(s.size - s.kept for s in open_sets) / sum(units.values())
+    assert 0.3 < pruned <= 0.42  # about the asked share of all prunable channels (floors per set, group balance)
+    assert ranked.kept != local.kept
+    model = copy.deepcopy(network)
+    report = gmlib.prune(model, X, 0.4, criterion="l1", global_ranking=True)  # verified
+    assert report.params_after == ranked.params_after
+    with pytest.raises(ValueError, match="global_ranking needs scores that compare across layers"):
+        gmlib.plan(network, X, 0.4, criterion="fpgm", global_ranking=True)
+    with pytest.raises(TypeError, match="one rate"):
+        gmlib.plan(network, X, {"encoder.*": 0.4}, criterion="l1", global_ranking=True)
