@@ -95,3 +95,45 @@ def test_load_errors(tmp_path):
     torch.save({"manifest": json.dumps({"format": "other"}), "state_dict": {}}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="format"):
         gmlib.load_pruned(tmp_path / "other.pt")
+
+
+# ------------------------------------------------------------------------------------------------ any network
+
+def _pruned(model, x):
+    gmlib.prune(model, x, 0.3)
+    return model.eval()
+
+
+@pytest.mark.parametrize("builder", ["timm:resnet18", "smp:Unet:resnet18"])
+def test_a_timm_or_smp_network_saves_and_loads_by_its_builder_string(tmp_path, builder):
+    pytest.importorskip("segmentation_models_pytorch")
+    import segmentation_models_pytorch as smp
+    import timm
+    torch.manual_seed(0)
+    original = timm.create_model("resnet18", pretrained=False, num_classes=3) if builder.startswith("timm") else \
+        smp.Unet(encoder_name="resnet18", encoder_weights=None, classes=3)
+    x = torch.randn(1, 3, 64, 64)
+    model = _pruned(original, x)
+    gmlib.save_pruned(model, tmp_path / "m.pt", builder=builder, metadata={"note": "x"})
+    back, meta = gmlib.load_pruned(tmp_path / "m.pt", with_metadata=True)
+    assert meta == {"note": "x"} and torch.allclose(back(x), model(x), atol=1e-6)
+    gmlib.save_pruned(back, tmp_path / "again.pt")  # the loaded model remembers its builder
+    assert gmlib.load_pruned(tmp_path / "again.pt").state_dict().keys() == model.state_dict().keys()
+
+
+def test_a_callable_builder_is_passed_again_and_a_wrong_builder_writes_nothing(tmp_path):
+    import timm
+
+    def build():
+        return timm.create_model("resnet18", pretrained=False, num_classes=3)
+    x = torch.randn(1, 3, 64, 64)
+    model = _pruned(build(), x)
+    gmlib.save_pruned(model, tmp_path / "m.pt", builder=build)
+    with pytest.raises(ValueError, match="pass it again"):
+        gmlib.load_pruned(tmp_path / "m.pt")
+    assert torch.allclose(gmlib.load_pruned(tmp_path / "m.pt", builder=build)(x), model(x), atol=1e-6)
+    with pytest.raises(ValueError, match="does not fit 'timm:resnet34'|does not match 'timm:resnet34'"):
+        gmlib.save_pruned(model, tmp_path / "wrong.pt", builder="timm:resnet34")
+    with pytest.raises(ValueError, match="unknown builder 'keras:resnet18'"):
+        gmlib.save_pruned(model, tmp_path / "wrong.pt", builder="keras:resnet18")
+    assert not (tmp_path / "wrong.pt").exists()
