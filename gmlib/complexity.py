@@ -3,7 +3,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["count"]
+__all__ = ["count", "count_by_module"]
 
 
 def count(model: nn.Module, input_size) -> tuple[int, int]:
@@ -12,6 +12,13 @@ def count(model: nn.Module, input_size) -> tuple[int, int]:
     Args:
         input_size: (C, H, W), e.g. (3, 64, 64) for the paper's tables.
     """
+    params, macs, _ = count_by_module(model, input_size)
+    return params, macs
+
+
+def count_by_module(model: nn.Module, input_size) -> tuple[int, int, dict]:
+    """(params, MACs, {module name: MACs inside it}) of the same pass; "" is the whole model, and a module's count
+    includes its children's."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     size = tuple(input_size)
@@ -27,4 +34,7 @@ def count(model: nn.Module, input_size) -> tuple[int, int]:
             model(x)
     finally:
         model.train(was_training)
-    return params, counter.get_total_flops() // 2
+    root = type(model).__name__
+    by_module = {"" if name == root else name[len(root) + 1:]: sum(ops.values()) // 2
+                 for name, ops in counter.get_flop_counts().items() if name == root or name.startswith(root + ".")}
+    return params, counter.get_total_flops() // 2, by_module

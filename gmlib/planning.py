@@ -17,14 +17,14 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .complexity import count
+from .complexity import count, count_by_module
 from .criteria import CRITERIA, is_criterion, select_filters
 from .graph import analyse
 from .rules import rule_for
 from .shrink import shrink_module, shrink_named
 from .transaction import Snapshot
 
-__all__ = ["plan", "Plan", "CouplingSet", "LayerChange", "POLICIES"]
+__all__ = ["plan", "Plan", "CouplingSet", "LayerChange", "POLICIES", "estimate_macs"]
 
 POLICIES = ("or-merge", "coupled")
 GLOBAL_CRITERIA = ("l1", "l2", "bn")  # scores that compare across layers (see plan's global_ranking)
@@ -87,6 +87,8 @@ class Plan:
     macs_before: int | None = None
     macs_after: int | None = None
     shapes: dict = field(default_factory=dict)  # parameter name -> shape of the model it was made for
+    module_macs: dict | None = None  # MACs inside each module of the unpruned network ("" = all), for estimates
+    groups: dict = field(default_factory=dict)  # conv name -> its groups before
     _graph: object = field(default=None, repr=False, compare=False)
     _kept_space: dict = field(default_factory=dict, repr=False, compare=False)
     _inputs: tuple | None = field(default=None, repr=False, compare=False)
@@ -192,7 +194,10 @@ def plan(model: nn.Module, example_inputs, rate, *, criterion: str = "fpgm", pol
     sp = graph.spaces
     size = _input_size(example_inputs)
     modes = Snapshot(model)
-    params_before, macs_before = _tally(model, size, count_macs)
+    if size and count_macs:
+        params_before, macs_before, module_macs = count_by_module(model, size)
+    else:
+        params_before, macs_before, module_macs = sum(p.numel() for p in model.parameters()), None, None
     modes.restore_modes()  # gmlib.count runs in eval mode and restores only the root's flag
 
     for u in graph.uses:  # an ignored norm/Linear/depthwise conv keeps every channel it reads
@@ -246,14 +251,37 @@ def plan(model: nn.Module, example_inputs, rate, *, criterion: str = "fpgm", pol
     named = criterion if isinstance(criterion, str) else getattr(criterion, "__name__", repr(criterion))
     result = Plan(asked, named, policy, round_to, size, sets, kept, rows, warnings, coverage, frozen,
                   params_before, None, macs_before, None, {n: tuple(p.shape) for n, p in model.named_parameters()},
-                  graph, kept_space, (example_inputs,) if isinstance(example_inputs, torch.Tensor)
-                  else tuple(example_inputs))
+                  _graph=graph, _kept_space=kept_space,
+                  _inputs=(example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs))
+    result.module_macs = module_macs
+    result.groups = {n: m.groups for n, m in model.named_modules() if isinstance(getattr(m, "groups", None), int)
+                     and isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))}
     if sizes_after:
         twin = copy.deepcopy(model)
         _shrink_all(twin, kept, dict(twin.named_modules()))
         result.params_after, result.macs_after = _tally(twin, size, count_macs)
     result.kept = {n: {d: v.tolist() for d, v in k.items()} for n, k in kept.items()}
     return result
+
+
+def estimate_macs(plan: Plan) -> int | None:
+    """MACs after `plan` without pruning anything: the unpruned network's MACs per conv / Linear scaled by
+    out'/out * in'/in * groups/groups' (a depthwise conv's groups follow its channels), the rest counted as it was.
+    Exact where every multiply-accumulate is inside a conv or Linear module (FlopCounterMode counts only convs and
+    matrix products); None without a MACs count (count_macs=False or no (C, H, W) input)."""
+    if not plan.module_macs:
+        return None
+    total = plan.module_macs[""]
+    for layer in plan.layers:
+        macs = plan.module_macs.get(layer.name)
+        if not macs or (layer.in_after, layer.out_after) == (layer.in_before, layer.out_before):
+            continue
+        g = plan.groups.get(layer.name, 1)
+        depthwise = g > 1 and g == layer.in_before == layer.out_before
+        g_after = layer.out_after if depthwise else g
+        scaled = macs * layer.out_after * layer.in_after * g // (layer.out_before * layer.in_before * g_after)
+        total += scaled - macs
+    return int(total)
 
 
 def _shrink_all(model, kept, modules):

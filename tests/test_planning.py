@@ -162,3 +162,13 @@ def test_global_ranking_spends_one_threshold_over_the_network(network):
         gmlib.plan(network, X, 0.4, criterion="fpgm", global_ranking=True)
     with pytest.raises(TypeError, match="one rate"):
         gmlib.plan(network, X, {"encoder.*": 0.4}, criterion="l1", global_ranking=True)
+
+
+@pytest.mark.parametrize("policy", ["or-merge", "coupled"])
+def test_macs_estimated_from_per_module_counts_equal_the_pruned_count(network, policy):
+    import timm
+    for model in (network, timm.create_model("mobilenetv2_050").eval()):  # grouped split attention; depthwise
+        p = gmlib.plan(model, X, 0.4, policy=policy)
+        assert gmlib.planning.estimate_macs(p) == p.macs_after < p.macs_before
+    assert gmlib.planning.estimate_macs(gmlib.plan(network, X, 0.4, count_macs=False)) is None
+    assert gmlib.Plan.from_dict(p.to_dict()).module_macs == p.module_macs
