@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_zoo.py
 	$(PY) benchmarks/bench_segmentation.py
 	$(PY) benchmarks/bench_spellings.py
+	$(PY) benchmarks/bench_pipeline.py  # generates 2,000 and 12,568 full-resolution strips once (~15 min)
 
 clean:
 	rm -rf results .pytest_cache .hypothesis
