@@ -49,10 +49,14 @@ class ChannelGraph:
     conv_out: dict = field(default_factory=dict)  # conv name -> the spaces of its output (for coverage)
     layouts: dict = field(default_factory=dict)   # module name -> the spaces of its (first) output
     kept_space: dict = field(default_factory=dict)  # set by prune: space root -> its kept indices
+    outputs: list = field(default_factory=list)  # the layout of each tensor the model returns, in return order
 
 
-def analyse(model: nn.Module, example_inputs) -> ChannelGraph:
+def analyse(model: nn.Module, example_inputs, *, keep_outputs: bool = True) -> ChannelGraph:
     """Trace `model` on `example_inputs` (a tensor or tuple of tensors) and build its channel spaces.
+
+    The channels the model returns are kept unless `keep_outputs` is False (then the output convs are pruned too,
+    and the network returns fewer channels).
 
     Raises TypeError if it cannot be traced (naming the module) and ValueError if the inputs do not run through it.
     """
@@ -65,7 +69,7 @@ def analyse(model: nn.Module, example_inputs) -> ChannelGraph:
                         f"got {type(example_inputs).__name__}")
     traced = trace(model, tuple(example_inputs))
     ctx = Context(Spaces(), dict(model.named_modules()), traced.shapes)
-    sp, layout, seen, layouts = ctx.sp, ctx.layout, set(), {}
+    sp, layout, seen, layouts, outputs = ctx.sp, ctx.layout, set(), {}, []
     size_of = ctx.size_of  # shape-derived node -> the spaces whose channel count its value depends on
     raw_channels = {}  # node that is exactly x.size(1) / x.shape[1] -> x
     nonzero = {}  # node -> the op (truthy) that may give its removed channels a non-zero value in the masked original
@@ -78,7 +82,9 @@ def analyse(model: nn.Module, example_inputs) -> ChannelGraph:
             result = analyse_parameter(ctx, node)
         elif node.op == "output":
             for a in _flat_nodes(node.args):
-                sp.freeze(layout.get(a), "reaches the model output")
+                outputs.append(layout.get(a))
+                if keep_outputs:
+                    sp.freeze(layout.get(a), "reaches the model output")
                 sp.freeze(size_of.get(a), "its channel count reaches the model output")
             continue
         elif node.op == "call_module":
@@ -105,7 +111,8 @@ def analyse(model: nn.Module, example_inputs) -> ChannelGraph:
     for g in traced.guards:  # the trace took the branch this channel count gives: pruning could take another
         if not holds_while_pruned(g, raw_channels):
             sp.freeze(size_of.get(g), f"control flow on the channel count ({g.name})")
-    return ChannelGraph(sp, ctx.uses, ctx.norm_after, ctx.modules, ctx.warnings, ctx.conv_out, layouts)
+    return ChannelGraph(sp, ctx.uses, ctx.norm_after, ctx.modules, ctx.warnings, ctx.conv_out, layouts,
+                        outputs=outputs)
 
 
 def _module_call(ctx, node, traced, seen):

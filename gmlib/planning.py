@@ -88,6 +88,7 @@ class Plan:
     macs_after: int | None = None
     shapes: dict = field(default_factory=dict)  # parameter name -> shape of the model it was made for
     module_macs: dict | None = None  # MACs inside each module of the unpruned network ("" = all), for estimates
+    output_kept: list = field(default_factory=list)  # per returned tensor: kept channels (dim 1), None = all
     groups: dict = field(default_factory=dict)  # conv name -> its groups before
     _graph: object = field(default=None, repr=False, compare=False)
     _kept_space: dict = field(default_factory=dict, repr=False, compare=False)
@@ -163,14 +164,16 @@ def _layers_frame(layers) -> pd.DataFrame:
 
 def plan(model: nn.Module, example_inputs, rate, *, criterion: str = "fpgm", policy: str = "or-merge",
          ignored_layers=(), round_to: int = 1, count_macs: bool = True, seed: int = 0, max_rate: float | None = None,
-         global_ranking: bool = False, sizes_after: bool = True) -> Plan:
+         global_ranking: bool = False, keep_head: bool = True, sizes_after: bool = True) -> Plan:
     """The Plan of `prune(model, example_inputs, rate, ...)` (same arguments, same meaning), without changing the
     model. `sizes_after` also counts the params (and with `count_macs` the MACs) after, on a pruned copy.
 
     `rate` is one float for every coupling set, or per set: a dict {module name or glob: rate} (a set takes the
     rate of the first entry that names one of its members; a set no entry names keeps its channels; an entry that
     names no module is an error), or a callable taking the CouplingSet (members, voters, size) and returning its
-    rate. `max_rate` caps every set's rate.
+    rate. `max_rate` caps every set's rate. The convs whose channels the model returns (a segmentation head, a
+    classifier) are kept unless `keep_head=False`: then they are pruned like any other, the network returns fewer
+    channels (`Plan.output_kept` says which), and the check compares those channels.
 
     `global_ranking`: one ranking over the whole network instead of one per set (Network Slimming, for "bn"): the
     `rate` share of all prunable channels with the lowest scores goes, wherever they are, and each set's rate is
@@ -190,7 +193,9 @@ def plan(model: nn.Module, example_inputs, rate, *, criterion: str = "fpgm", pol
     rate_of = _rate_rule(model, rate, max_rate)
     generator = torch.Generator().manual_seed(seed) if criterion == "random" else None
     ignored = _resolve_ignored(model, ignored_layers)
-    graph = analyse(model, example_inputs)
+    if not isinstance(keep_head, bool):
+        raise TypeError(f"keep_head must be True or False, got {keep_head!r}")
+    graph = analyse(model, example_inputs, keep_outputs=keep_head)
     sp = graph.spaces
     size = _input_size(example_inputs)
     modes = Snapshot(model)
@@ -254,6 +259,8 @@ def plan(model: nn.Module, example_inputs, rate, *, criterion: str = "fpgm", pol
                   _graph=graph, _kept_space=kept_space,
                   _inputs=(example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs))
     result.module_macs = module_macs
+    result.output_kept = [None if k is None else k.tolist()
+                          for k in (_layout_kept(sp, o, kept_space) if o else None for o in graph.outputs)]
     result.groups = {n: m.groups for n, m in model.named_modules() if isinstance(getattr(m, "groups", None), int)
                      and isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))}
     if sizes_after:

@@ -63,6 +63,12 @@ def _error(ref, out):
     return max((float((a - b).abs().max()) for a, b in zip(out, ref) if a.numel()), default=0.0) / scale
 
 
+def _select_outputs(ref, output_kept):
+    if len(ref) != len(output_kept):
+        return [torch.full((0,), float("nan"))]  # outputs that cannot be matched: never exact
+    return [t if k is None else t.index_select(1, torch.as_tensor(k, device=t.device)) for t, k in zip(ref, output_kept)]
+
+
 def _cast(inputs, dtype):
     return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in inputs)
 
@@ -99,8 +105,9 @@ def copy_as(model: nn.Module, dtype=None) -> nn.Module:
 class Check:
     """Built before the surgery on the unpruned model; `failure()` after it says whether the shrunk twin differs."""
 
-    def __init__(self, model: nn.Module, inputs: tuple, kept: dict):
-        self.kept = kept
+    def __init__(self, model: nn.Module, inputs: tuple, kept: dict, output_kept=None):
+        """`output_kept`: per returned tensor, the channels (dim 1) the pruned network still returns (None: all)."""
+        self.kept, self.output_kept = kept, output_kept
         try:
             self.twin, self.inputs, self.dtype = mask_kept(copy_as(model, torch.float64), kept), _cast(inputs, torch.float64), \
                 torch.float64
@@ -120,6 +127,8 @@ class Check:
                 pass
         for b, saved in buffers:  # train mode moved the running statistics; eval mode must see the originals
             b.copy_(saved)
+        if output_kept and any(k is not None for k in output_kept):  # a pruned head returns the kept channels only
+            self.reference = {mode: _select_outputs(ref, output_kept) for mode, ref in self.reference.items()}
 
     def failure(self, pruned: nn.Module):
         """None when exact, else (mode, relative error): the twin shrunk like `pruned` against the masked one."""

@@ -89,11 +89,11 @@ class PruneReport:
 
 def prune(model: nn.Module, example_inputs, rate, *, criterion: str = "fpgm", policy: str = "or-merge",
           ignored_layers=(), round_to: int = 1, count_macs: bool = True, seed: int = 0, max_rate: float | None = None,
-          global_ranking: bool = False, verify: bool = True) -> PruneReport:
+          global_ranking: bool = False, keep_head: bool = True, verify: bool = True) -> PruneReport:
     """Physically remove `rate` of every Conv2d's output filters, in place, and propagate to all consumers.
 
-    Convs whose outputs reach the model output and `ignored_layers` (names or modules; their output channels are
-    kept, their inputs still follow upstream pruning) are left. Returns a PruneReport: params always, MACs counted
+    Convs whose outputs reach the model output (unless `keep_head=False`) and `ignored_layers` (names or modules;
+    their output channels are kept, their inputs still follow upstream pruning) are left. Returns a PruneReport: params always, MACs counted
     with gmlib.count at the example input's (C, H, W) unless `count_macs=False` (skips its two forward passes).
     Channels an unsupported op touches are kept (see warnings). `seed` draws the scores of criterion "random" (one
     generator for the whole call, so every layer gets its own draw); the other criteria ignore it. `rate` may also
@@ -116,7 +116,7 @@ def prune(model: nn.Module, example_inputs, rate, *, criterion: str = "fpgm", po
         raise TypeError(f"verify must be True or False, got {verify!r}")
     planned = plan(model, example_inputs, rate, criterion=criterion, policy=policy, ignored_layers=ignored_layers,
                    round_to=round_to, count_macs=count_macs, seed=seed, max_rate=max_rate,
-                   global_ranking=global_ranking, sizes_after=False)
+                   global_ranking=global_ranking, keep_head=keep_head, sizes_after=False)
     return apply(model, planned, verify=verify, count_macs=count_macs, stacklevel=3)
 
 
@@ -141,7 +141,7 @@ def apply(model: nn.Module, plan: Plan, *, verify: bool = True, example_inputs=N
     modules = dict(model.named_modules())
     size = plan.input_size
     before = (plan.params_before, plan.macs_before if count_macs else None)
-    check = Check(model, inputs, kept) if verify and kept else None
+    check = Check(model, inputs, kept, plan.output_kept) if verify and kept else None
     snapshot = Snapshot(model, kept)
     try:
         _shrink_all(model, kept, modules)

@@ -172,3 +172,41 @@ def test_macs_estimated_from_per_module_counts_equal_the_pruned_count(network, p
         assert gmlib.planning.estimate_macs(p) == p.macs_after < p.macs_before
     assert gmlib.planning.estimate_macs(gmlib.plan(network, X, 0.4, count_macs=False)) is None
     assert gmlib.Plan.from_dict(p.to_dict()).module_macs == p.module_macs
+
+
+def test_the_head_is_kept_by_default_and_pruned_and_checked_on_request(network):
+    from torch import nn
+    torch.manual_seed(0)
+    small = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 6, 1)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    kept_head = gmlib.plan(small, x, 0.5)
+    assert kept_head.output_kept == [None] and next(s for s in kept_head.sets if "3" in s.members).reason
+    p = gmlib.plan(small, x, 0.5, keep_head=False)
+    assert len(p.output_kept[0]) == 3 and all(s.kept < s.size for s in p.sets)
+    reference = copy.deepcopy(small)
+    gmlib.apply(small, p)  # verified against the kept output channels of the masked original
+    assert small(x).shape == (2, 3, 8, 8)
+    masked = gmlib.surgery.mask_kept(copy.deepcopy(reference), {n: {d: torch.tensor(v) for d, v in k.items()}
+                                                                 for n, k in p.kept.items()})
+    assert torch.allclose(small(x), masked(x)[:, p.output_kept[0]], atol=1e-6)
+    fpn = copy.deepcopy(network)
+    report = gmlib.prune(fpn, X, 0.5, keep_head=False)
+    assert fpn(X).shape[1] == 2 and report.params_reduction > 0  # two of the four classes are gone
+    with pytest.raises(TypeError, match="keep_head"):
+        gmlib.plan(network, X, 0.3, keep_head="no")
+
+
+def test_a_wrong_pruned_head_is_caught_by_the_check(monkeypatch):
+    from torch import nn
+    torch.manual_seed(0)
+    small = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 6, 1)).eval()
+    real = gmlib.planning._kept_indices
+
+    def head_rows_reversed(graph, kept_space):  # the head keeps the right channels, in the wrong order
+        kept = real(graph, kept_space)
+        kept["2"]["out"] = kept["2"]["out"].flip(0)
+        return kept
+    monkeypatch.setattr(gmlib.planning, "_kept_indices", head_rows_reversed)
+    with pytest.raises(gmlib.surgery.NotExactError):
+        gmlib.prune(small, torch.randn(2, 3, 8, 8), 0.5, keep_head=False)
+    assert small[2].out_channels == 6  # left as it was
