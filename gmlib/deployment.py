@@ -12,21 +12,11 @@ import pandas as pd
 import torch
 
 from . import export, latency
-from .store import Store
+from .store import Store, frame_rows, record_frame
 from .surgery import prune
 
 __all__ = ["latency_table", "op_breakdown", "int8_table"]
 
-
-def _rows(frame: pd.DataFrame) -> list:
-    return [{k: v.item() if hasattr(v, "item") else v for k, v in row.items()} for row in frame.to_dict("records")]
-
-
-def _frame(record) -> pd.DataFrame:
-    """A record's rows, with the environment they were measured in as attrs["environment"]."""
-    frame = pd.DataFrame(record.result["rows"])
-    frame.attrs["environment"] = record.environment
-    return frame
 
 
 def latency_table(store: Store, arch: str, rates, policies, round_tos, runtimes, size, *, rounds: int,
@@ -44,8 +34,8 @@ def latency_table(store: Store, arch: str, rates, policies, round_tos, runtimes,
         table = latency.measure(variants, x, runtimes, rounds=rounds, threads=threads, names=names,
                                 progress=progress)
         table = latency.add_speedups(table.merge(counts, on=names), lambda t: t.rate == 0)
-        return {"rows": _rows(table)}
-    return _frame(store.fetch("latency", config, compute))
+        return {"rows": frame_rows(table)}
+    return record_frame(store.fetch("latency", config, compute))
 
 
 def op_breakdown(store: Store, arch: str, candidate: dict, size, *, threads: int, seed: int = 0,
@@ -64,10 +54,10 @@ def op_breakdown(store: Store, arch: str, candidate: dict, size, *, threads: int
         kinds = pd.DataFrame({name: latency.by_kind(latency.op_times(variants[key], x, rounds))
                               for name, key in [("unpruned ms", ref), ("candidate ms", cand)]}).fillna(0)
         macs = counts.set_index(["network", "policy", "rate", "round_to"]).GMACs
-        return {"rows": _rows(kinds.rename_axis("kind").reset_index()),
+        return {"rows": frame_rows(kinds.rename_axis("kind").reset_index()),
                 "gmacs": {"unpruned": float(macs.loc[ref]), "candidate": float(macs.loc[cand])}}
     record = store.fetch("latency", config, compute)
-    kinds = _frame(record).set_index("kind")
+    kinds = record_frame(record).set_index("kind")
     kinds.loc["total"] = kinds.sum()
     kinds["time ratio"] = kinds["unpruned ms"] / kinds["candidate ms"]
     kinds.attrs["gmacs"] = record.result["gmacs"]
@@ -110,5 +100,5 @@ def int8_table(study, rate: float, policy: str, round_to: int, *, calibration_ba
         small["precision"] = small.runtime.map({"ort": "float32", "ort-int8": "int8"})
         quant = pd.DataFrame(rows).merge(small[["network", "precision", "ms"]], on=["network", "precision"])
         quant["speedup"] = quant.ms.iloc[0] / quant.ms
-        return {"rows": _rows(quant)}
-    return _frame(study.store.fetch("int8", config, compute))
+        return {"rows": frame_rows(quant)}
+    return record_frame(study.store.fetch("int8", config, compute))

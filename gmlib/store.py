@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
@@ -19,7 +20,8 @@ from safetensors.torch import save as save_tensors
 
 from .utils import atomic_open, environment
 
-__all__ = ["VERSIONS", "Store", "Record", "StoreError", "MissingRecord", "record_key", "READONLY_ENV"]
+__all__ = ["VERSIONS", "Store", "Record", "StoreError", "MissingRecord", "record_key", "READONLY_ENV", "frame_rows",
+           "record_frame"]
 
 # One version per experiment kind: what a record of that kind holds and how it is computed. A change of the code an
 # experiment runs (its recipe, its metric, its data) bumps it; tests/test_store.py recomputes one cheap record for
@@ -199,6 +201,18 @@ class Store:
                 if not weights.with_suffix(".json").is_file():
                     found.append(f"{weights}: weights without a record")
         return found
+
+
+def frame_rows(frame) -> list:
+    """A table as a record's "rows": one dict of plain Python values per row (numpy scalars unwrapped for JSON)."""
+    return [{k: v.item() if hasattr(v, "item") else v for k, v in row.items()} for row in frame.to_dict("records")]
+
+
+def record_frame(record):
+    """A record's "rows" as a DataFrame, with the environment they were computed in as attrs["environment"]."""
+    frame = pd.DataFrame(record.result["rows"])
+    frame.attrs["environment"] = record.environment
+    return frame
 
 
 def _where() -> dict:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .store import Store
+from .store import Store, frame_rows, record_frame
 from .surgery import NotExactError, prune
 from .utils import package_version
 from .verify import _flat, check_exact, fingerprint
@@ -231,11 +231,9 @@ def stored_zoo_table(store: Store, families, rate: float, policies=("or-merge", 
 
     def compute():
         table = zoo_table(families, rate, policies, torch_pruning, timeout_s, seed, count_macs)
-        return {"rows": [{k: v.item() if hasattr(v, "item") else v for k, v in row.items()}
-                         for row in table.to_dict("records")]}
-    record = store.fetch("zoo", config, compute)
-    table = pd.DataFrame(record.result["rows"])
-    table.attrs["environment"], table.attrs["versions"] = record.environment, config["versions"]
+        return {"rows": frame_rows(table)}
+    table = record_frame(store.fetch("zoo", config, compute))
+    table.attrs["versions"] = config["versions"]
     return table
 
 
