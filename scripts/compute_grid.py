@@ -1,14 +1,16 @@
 """Compute chapter 07's points into the results store in parallel processes, before (or instead of) running the
 chapter: a full recompute of the study's grid takes hours on a CPU, and one process per core does it in a fraction.
 
-Usage: python scripts/compute_grid.py [--workers 2] [--shard I/N] [-p NAME VALUE ...] [--dry-run]
-The grid is the one the chapter will ask for: its parameters cell's defaults, changed by -p as for papermill
+Usage: python scripts/compute_grid.py [--workers 2] [--shard I/N] [--params FILE] [-p NAME VALUE ...] [--dry-run]
+The grid is the one the chapter will ask for: its parameters cell's defaults, changed by a JSON file of parameters
+(--params, e.g. scripts/grids/07_full.json: the full grid of issue 16) and then by -p as for papermill
 (`gmlib.sweeps.design_of_notebook`). Each worker runs on one thread and takes whole work units (the points that share
 a pruned record), so no record is computed twice; stored points are skipped, so a killed run resumes. The baseline
 is trained first, on all workers' threads, when it is missing. --shard I/N takes only every N-th unit from the I-th
 (to split the work between machines or separate runs sharing one store).
 """
 import argparse
+import json
 import multiprocessing as mp
 import sys
 import time
@@ -59,6 +61,7 @@ def main(argv=None):
     parser.add_argument("--store", default=str(ROOT / "data" / "store"))
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--shard", default="0/1", help="I/N: every N-th work unit, from the I-th")
+    parser.add_argument("--params", help="JSON file of {NAME: value} parameters, applied before -p")
     parser.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
     parser.add_argument("--dry-run", action="store_true", help="list the missing points and stop")
     args = parser.parse_args(argv)
@@ -67,16 +70,26 @@ def main(argv=None):
         parser.error(f"--shard {args.shard} / --workers {args.workers}: need 0 <= I < N and at least one worker")
 
     study = make_study(args, threads=args.workers)
-    overrides = {name: parse_value(value) for name, value in args.p}
+    overrides = json.loads(Path(args.params).read_text()) if args.params else {}
+    overrides.update({name: parse_value(value) for name, value in args.p})
     design = sweeps.design_of_notebook(args.notebook, study.epoch_steps, **overrides)
     units = sweeps.work_units(design)[index::count]
-    for seed in sorted({p["baseline_seed"] for unit in units for p in unit}):
-        owner(study, seed).baseline()  # trained here, on every thread, when missing: never twice in the workers
-    missing = [u for u in units if not all(owner(study, p["baseline_seed"]).is_stored(p) for p in u)]
+    seeds = sorted({p["baseline_seed"] for unit in units for p in unit})
+    untrained = [seed for seed in seeds
+                 if owner(study, seed).store.get("baseline", owner(study, seed).baseline_config()) is None]
+    if not args.dry_run:
+        for seed in untrained:  # trained here, on every thread, when missing: never twice in the workers
+            owner(study, seed).baseline()
+    missing = [u for u in units  # a baseline still to train (dry run) has none of its points
+               if not all(p["baseline_seed"] not in untrained and owner(study, p["baseline_seed"]).is_stored(p)
+                          for p in u)]
     print(f"{sum(map(len, units))} points in {len(units)} units, {len(missing)} units to compute", flush=True)
     if args.dry_run:
+        if untrained:
+            print(f"baseline seeds to train first: {untrained}")
         for unit in missing:
-            print(unit[0]["kind"], unit[0]["criterion"], unit[0]["rate"], unit[0]["policy"], len(unit), "points")
+            print(unit[0]["kind"], unit[0]["baseline_seed"], unit[0]["criterion"], unit[0]["rate"],
+                  unit[0]["policy"], len(unit), "points")
         return 0
     with mp.get_context("spawn").Pool(args.workers, initializer=_start, initargs=(args,)) as pool:
         for done, (unit, seconds) in enumerate(pool.imap_unordered(_run, missing), 1):

@@ -2,13 +2,16 @@
 
 Usage: python scripts/refresh_notebooks.py [notebooks/01_geometric_median.ipynb ...]
 Committed notebooks keep their outputs because nbval compares a fresh run against them; progress bars keep only
-their last state (reproduce.clean_progress).
+their last state (reproduce.clean_progress). The quick profile's synthetic strips are made first, so no chapter
+stores the generator's progress bar.
 """
 import sys
 from pathlib import Path
 
 import nbformat
 import papermill as pm
+
+import gmlib
 
 from reproduce import KERNEL_CONFIG, clean_progress
 
@@ -38,6 +41,8 @@ def strip(path: Path) -> None:
 
 def main(paths):
     paths = [Path(p) for p in paths] or sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    cfg = gmlib.study.PROFILES["quick"][0]
+    gmlib.data.ensure_data(ROOT / "data" / "synthetic", cfg.n_images, cfg.data_seed)
     for path in paths:
         print(f"==> {path.name}", flush=True)
         try:

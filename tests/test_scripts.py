@@ -168,8 +168,14 @@ def test_compute_grid_fills_the_store_then_finds_nothing_to_do(tmp_path, capsys)
     """scripts/compute_grid.py on the smoke profile: the chapter's grid (here one point) is computed by a worker
     process into the store, and a second run finds every point stored."""
     import compute_grid
+    params = tmp_path / "grid.json"
+    params.write_text('{"RATES": [0.3], "CRITERIA": ["l1"], "SEEDS": [0, 1]}')
     args = ["--profile", "smoke", "--data", str(tmp_path / "data"), "--store", str(tmp_path / "store"),
-            "--workers", "1", "-p", "RATES", "[0.3]", "-p", "CRITERIA", "['l1']", "-p", "SEEDS", "[0]"]
+            "--workers", "1", "--params", str(params), "-p", "SEEDS", "[0]"]  # -p wins over the file
+    assert compute_grid.main(args + ["--dry-run"]) == 0  # lists the work without training the baseline
+    out = capsys.readouterr().out
+    assert "baseline seeds to train first: [0]" in out and "1 points in 1 units, 1 units to compute" in out
+    assert not list((tmp_path / "store").glob("baseline/*.json"))
     assert compute_grid.main(args) == 0
     out = capsys.readouterr().out
     assert "1 points in 1 units, 1 units to compute" in out and "[1/1] pruned l1 0.3" in out
