@@ -18,6 +18,7 @@ from .criteria import CRITERIA, filter_scores, select_filters
 from .complexity import count
 from .surgery import prune, apply, plan, Plan, CouplingSet, PruneReport
 from . import planning
+from .allocation import allocate, Allocation
 from .rules import register_rule
 from . import rules
 from .persist import save_pruned, load_pruned
@@ -31,7 +32,7 @@ from .study import Study
 __all__ = [
     "geometric_median", "distance_sums",
     "CRITERIA", "filter_scores", "select_filters",
-    "count", "prune", "plan", "apply", "Plan", "CouplingSet", "PruneReport", "register_rule", "rules", "save_pruned", "load_pruned",
+    "count", "prune", "plan", "apply", "allocate", "Allocation", "Plan", "CouplingSet", "PruneReport", "register_rule", "rules", "save_pruned", "load_pruned",
     "one_shot", "iterative", "recalibrate_bn", "Study", "Store",
     "set_deterministic", "default_device", "environment",
     "models", "data", "metrics", "train", "verify", "zoo", "export", "latency", "distributed",
