@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from .planning import Plan, estimate_macs, plan
 from .surgery import apply
 
-__all__ = ["allocate", "Allocation", "TARGETS", "METHODS"]
+__all__ = ["allocate", "sensitivity", "Allocation", "TARGETS", "METHODS"]
 
 TARGETS = ("macs", "params", "latency")
 METHODS = ("sensitivity", "uniform", "random")
@@ -56,19 +56,21 @@ class Allocation:
 
 def allocate(model: nn.Module, example_inputs, target: str = "macs", cut: float = 0.5, *, method: str = "sensitivity",
              evaluate=None, recalibrate=None, rates=(0.2, 0.4, 0.6, 0.8), max_rate: float = 0.9, seed: int = 0,
-             cache=None, tol: float = 0.005, latency_rounds: int = 5, progress: bool = True,
-             **plan_options) -> Allocation:
+             cache=None, table: pd.DataFrame | None = None, tol: float = 0.005, latency_rounds: int = 5,
+             progress: bool = True, **plan_options) -> Allocation:
     """Per-set rates that remove `cut` of the model's `target` ("macs", "params" or "latency"), by `method`.
 
     `evaluate(model) -> float` (higher is better) scores each pruned copy of the sensitivity table, after
     `recalibrate(model)` when given (e.g. BN re-estimation); `rates` are the table's rates, `max_rate` caps every
     set. `cache` (a JSON path) keeps the table's scores as they are measured: a rerun resumes, and a cache made for
-    another model or other options is refused. `plan_options` (criterion, policy, ignored_layers, round_to,
+    another model or other options is refused; `table` (from `sensitivity`, e.g. a stored one) replaces measuring
+    it, and then `evaluate` is not needed. `plan_options` (criterion, policy, ignored_layers, round_to,
     keep_head) go to gmlib.plan. The model is never changed; apply the result with gmlib.apply(model,
     allocation.plan). The plan removes at least `cut - tol` of the target, as close to `cut` as bisection gets.
     """
-    _check(model, target, cut, method, evaluate, recalibrate, rates, max_rate, tol, plan_options)
-    rates = sorted({min(float(r), max_rate) for r in rates})
+    _check(model, target, cut, method, recalibrate, rates, max_rate, tol, plan_options)
+    if method == "sensitivity" and table is None and not callable(evaluate):
+        raise TypeError(f"method 'sensitivity' needs evaluate(model) -> score (or a table), got {evaluate!r}")
     base = plan(model, example_inputs, 0.0, sizes_after=False, count_macs=target == "macs", **plan_options)
     if target == "macs" and not base.module_macs:
         raise ValueError("target 'macs' needs a (N, C, H, W) tensor input to count MACs on")
@@ -81,7 +83,9 @@ def allocate(model: nn.Module, example_inputs, target: str = "macs", cut: float 
     if most[0] < cut - tol:
         raise ValueError(f"target {target} cut {cut:g} is out of reach: every prunable set at max_rate {max_rate:g} "
                          f"removes {most[0]:.3f} of the {target}")
-    table = threshold = score0 = None
+    threshold = score0 = None
+    if method != "sensitivity":
+        table = None
     if method == "uniform":
         def rates_at(v):
             return {i: v for i in open_sets}
@@ -93,8 +97,13 @@ def allocate(model: nn.Module, example_inputs, target: str = "macs", cut: float 
             return {i: min(max_rate, v * ui) for i, ui in zip(open_sets, u)}
         hi = max_rate / min(u)
     else:
-        table, score0 = _sensitivity(model, example_inputs, base, open_sets, rates, evaluate, recalibrate, cache,
-                                     max_rate, progress, plan_options)
+        if table is None:
+            table = sensitivity(model, example_inputs, evaluate, recalibrate=recalibrate, rates=rates,
+                                max_rate=max_rate, cache=cache, progress=progress, **plan_options)
+        if set(table["set"]) != set(open_sets):
+            raise ValueError(f"table has coupling sets {sorted(set(table['set']))}, this model's prunable ones are "
+                             f"{open_sets}: it was measured on another network or with other options")
+        score0 = table.attrs.get("baseline_score")
         curves = {i: [(0.0, 0.0)] + [(r, d) for r, d in zip(g["rate"], g["monotone_drop"])]
                   for i, g in table.groupby("set")}
 
@@ -167,9 +176,18 @@ def _largest_rate(curve, threshold, max_rate):
     return best
 
 
-def _sensitivity(model, example_inputs, base, open_sets, rates, evaluate, recalibrate, cache, max_rate, progress,
-                 plan_options):
-    """The table (set, member, rate, score, drop, monotone_drop) and the unpruned score; cached as it grows."""
+def sensitivity(model: nn.Module, example_inputs, evaluate, *, recalibrate=None, rates=(0.2, 0.4, 0.6, 0.8),
+                max_rate: float = 0.9, cache=None, progress: bool = True, **plan_options) -> pd.DataFrame:
+    """One row per (prunable coupling set i, rate r): score of the model with only set i pruned at r (after
+    `recalibrate`), drop = score(model) - score, and its running max over r (monotone_drop); attrs["baseline_score"]
+    is score(model). Arguments as for `allocate`; `cache` resumes a killed run. A rate that would empty a set has
+    score None and an infinite drop."""
+    _check(model, "macs", 0.5, "sensitivity", recalibrate, rates, max_rate, 0.5, plan_options)
+    if not callable(evaluate):
+        raise TypeError(f"sensitivity needs evaluate(model) -> score, got {evaluate!r}")
+    rates = sorted({min(float(r), max_rate) for r in rates})
+    base = plan(model, example_inputs, 0.0, sizes_after=False, count_macs=False, **plan_options)
+    open_sets = [s.index for s in base.sets if not s.reason]
     path = None if cache is None else Path(cache)
     signature = _signature(model, example_inputs, rates, max_rate, plan_options)
     stored = _read_cache(path, signature) if path else {}
@@ -197,7 +215,9 @@ def _sensitivity(model, example_inputs, base, open_sets, rates, evaluate, recali
             running = max(running, drop)
             rows.append({"set": i, "member": members[i], "rate": r, "score": score, "drop": drop,
                          "monotone_drop": running})
-    return pd.DataFrame(rows), score0
+    table = pd.DataFrame(rows, columns=["set", "member", "rate", "score", "drop", "monotone_drop"])
+    table.attrs["baseline_score"] = score0
+    return table
 
 
 def _pruned_copy(model, p):
@@ -255,7 +275,7 @@ def _write_cache(path, signature, scores) -> None:
     os.replace(tmp, path)
 
 
-def _check(model, target, cut, method, evaluate, recalibrate, rates, max_rate, tol, plan_options):
+def _check(model, target, cut, method, recalibrate, rates, max_rate, tol, plan_options):
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if target not in TARGETS:
@@ -265,8 +285,6 @@ def _check(model, target, cut, method, evaluate, recalibrate, rates, max_rate, t
     for value, what in ((cut, "cut"), (max_rate, "max_rate"), (tol, "tol")):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
             raise ValueError(f"{what} must be a number in (0, 1), got {value!r}")
-    if method == "sensitivity" and not callable(evaluate):
-        raise TypeError(f"method 'sensitivity' needs evaluate(model) -> score, got {evaluate!r}")
     if recalibrate is not None and not callable(recalibrate):
         raise TypeError(f"recalibrate must be a callable(model) or None, got {recalibrate!r}")
     if not rates or any(isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r < 1 for r in rates):

@@ -167,3 +167,13 @@ def test_bad_input_is_refused_by_name_and_the_model_is_untouched(model, kwargs, 
     with pytest.raises(error, match=match):
         gmlib.allocate(model, X, **args)
     assert same(before, weights(model))
+
+
+def test_a_stored_table_replaces_measuring_and_must_match_the_network(model):
+    table = gmlib.allocation.sensitivity(model, X, fidelity(model), rates=(0.3, 0.6), progress=False)
+    assert table.attrs["baseline_score"] == 0.0 and len(table) == 2 * table["set"].nunique()
+    measured = gmlib.allocate(model, X, "macs", 0.3, evaluate=fidelity(model), rates=(0.3, 0.6), progress=False)
+    given = gmlib.allocate(model, X, "macs", 0.3, table=table, progress=False)
+    assert given.rates == measured.rates and given.baseline_score == 0.0
+    with pytest.raises(ValueError, match="measured on another network"):
+        gmlib.allocate(model, X, "macs", 0.3, table=table[table["set"] != table["set"].iloc[0]], progress=False)
