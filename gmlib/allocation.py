@@ -28,6 +28,7 @@ __all__ = ["allocate", "sensitivity", "Allocation", "TARGETS", "METHODS"]
 TARGETS = ("macs", "params", "latency")
 METHODS = ("sensitivity", "uniform", "random")
 PLAN_OPTIONS = ("criterion", "policy", "ignored_layers", "round_to", "keep_head")  # passed on to gmlib.plan
+TABLE_COLUMNS = ["set", "member", "rate", "score", "drop", "monotone_drop"]  # a sensitivity table's
 EPS = 1e-6  # score units per unit of rate: orders the sets a threshold cannot tell apart
 
 
@@ -215,7 +216,7 @@ def sensitivity(model: nn.Module, example_inputs, evaluate, *, recalibrate=None,
             running = max(running, drop)
             rows.append({"set": i, "member": members[i], "rate": r, "score": score, "drop": drop,
                          "monotone_drop": running})
-    table = pd.DataFrame(rows, columns=["set", "member", "rate", "score", "drop", "monotone_drop"])
+    table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     table.attrs["baseline_score"] = score0
     return table
 

@@ -23,10 +23,11 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 from tqdm.auto import tqdm
 
 from . import data, metrics, models, train
+from .allocation import TABLE_COLUMNS, allocate, sensitivity
 from .graph import analyse
 from .recalibrate import recalibrate_bn
 from .schedule import _scalars, iterative, prune_and_score
-from .store import Store
+from .store import Store, frame_rows
 from .surgery import apply_kept, prune
 from .utils import default_device
 
@@ -109,6 +110,10 @@ PROFILES = {
                              pos_weight=5.0, defect_oversampling=3.0, monitor="dice_positive", seed=0),
               FinetuneConfig(steps=2, lr=1e-4, recal_batches=2)),
 }
+# chapter 12's per-set sensitivity: the rates each coupling set is pruned at alone, and the validation strips that
+# score it (the first ones of the split: the table costs sets x rates evaluations)
+SENSITIVITY_RATES = (0.2, 0.4, 0.6, 0.8)
+SENSITIVITY_STRIPS = 160
 RECAL_SEED = 10_000  # seed of the crops that recalibrate the norms: the same crops for every pruned network
 
 
@@ -512,6 +517,93 @@ class Study:
         tuned = self.store.fetch("finetuned", config, compute)
         return {"criterion": "scratch", "recipe": recipe, "architecture": criterion, "policy": policy,
                 "rate": float(rate), "seed": seed, "steps": steps, "lr": lr, **tuned.result}
+
+    # ------------------------------------------------------------------------------------------------ allocation
+    def sensitivity_table(self, criterion: str = "fpgm", *, policy: str = "or-merge", rates=SENSITIVITY_RATES,
+                          strips: int = SENSITIVITY_STRIPS) -> pd.DataFrame:
+        """gmlib.allocation.sensitivity of the baseline: each coupling set pruned alone at `rates`, recalibrated,
+        scored by positive-pair Dice (baseline post-processing) on the first `strips` validation strips. Stored;
+        while it is computed, results_dir/sensitivity/<key>.json keeps every score, so a killed run resumes."""
+        config = {"baseline": self.baseline().key, "criterion": criterion, "policy": policy,
+                  "rates": [float(r) for r in rates], "strips": int(strips),
+                  "recal_batches": self.finetune_config.recal_batches}
+        cache = self.results_dir / "sensitivity" / f"{self.store.path('sensitivity', config).stem}.json"
+
+        def compute():
+            base = self.baseline()
+            post = base.postprocess
+            loader = DataLoader(torch.utils.data.Subset(self.val_set, range(min(strips, len(self.val_set)))),
+                                batch_size=16, **self._loader_options())
+
+            def evaluate(model):
+                return train.evaluate(model, loader, device=self.device, threshold=post["threshold"],
+                                      min_area=post["min_area"], loss_fn=self.loss_fn)["dice_positive"]
+            table = sensitivity(base.model, self.example_input(), evaluate, recalibrate=self.recalibrate,
+                                rates=rates, cache=cache, progress=self.progress, criterion=criterion,
+                                policy=policy, **self.prune_kwargs(criterion, base.model))
+            rows = [{k: (None if v == float("inf") else v) for k, v in row.items()} for row in frame_rows(table)]
+            return {"rows": rows, "baseline_score": table.attrs["baseline_score"]}
+        record = self.store.fetch("sensitivity", config, compute)
+        table = pd.DataFrame(record.result["rows"])[TABLE_COLUMNS]  # the store sorts a row's keys
+        for column in ("drop", "monotone_drop"):  # JSON has no infinity: a rate that empties a set is None
+            table[column] = table[column].astype(float).fillna(float("inf"))
+        table.attrs["baseline_score"] = record.result["baseline_score"]
+        return table
+
+    def allocation(self, method: str, cut: float, *, criterion: str = "fpgm", policy: str = "or-merge",
+                   seed: int = 0) -> dict:
+        """gmlib.allocate on the baseline for a `cut` share of its MACs: "uniform", "random" (`seed` draws it) or
+        "sensitivity" (on `criterion`'s stored table). {"rates": {set index: rate}, "reached", "threshold"}. Stored."""
+        config = {"baseline": self.baseline().key, "method": method, "cut": float(cut), "criterion": criterion,
+                  "policy": policy, "seed": int(seed) if method == "random" else 0}
+
+        def compute():
+            base = self.baseline()
+            table = self.sensitivity_table(criterion, policy=policy) if method == "sensitivity" else None
+            result = allocate(base.model, self.example_input(), "macs", cut, method=method, seed=seed, table=table,
+                              progress=False, criterion=criterion, policy=policy,
+                              **self.prune_kwargs(criterion, base.model))
+            return {"rates": {str(i): r for i, r in result.rates.items()}, "reached": result.reached,
+                    "threshold": result.threshold}
+        return self.store.fetch("allocation", config, compute).result
+
+    def allocated_point(self, method: str, cut: float, *, criterion: str = "fpgm", policy: str = "or-merge",
+                        seed: int = 0, allocation_seed: int | None = None) -> dict:
+        """Chapter 12's row: the baseline pruned with `allocation(method, cut)`'s rates by `criterion`, scored on the
+        test strips right after pruning, after recalibration and after fine-tuning (FinetuneConfig, `seed`).
+        `allocation_seed` draws a random allocation (default: `seed`). Stored (a pruned and a finetuned record)."""
+        alloc_seed = seed if allocation_seed is None else allocation_seed
+        chosen = self.allocation(method, cut, criterion=criterion, policy=policy, seed=alloc_seed)
+        rates = {int(i): r for i, r in chosen["rates"].items()}
+        config = {"baseline": self.baseline().key, "allocation": {"method": method, "cut": float(cut),
+                                                                  "seed": alloc_seed if method == "random" else 0},
+                  "rates": chosen["rates"], "criterion": criterion, "policy": policy,
+                  "recal_batches": self.finetune_config.recal_batches}
+        ft = self.finetune_config
+        tuned_config = {**config, "finetune_seed": int(seed), "steps": ft.steps, "lr": ft.lr,
+                        "weight_decay": ft.weight_decay}
+
+        def prune_it(evaluate_before):
+            base = self.baseline()
+            return prune_and_score(base.model, self.example_input(), lambda entry: rates.get(entry.index, 0.0),
+                                   evaluate=self.evaluate, recalibrate=self.recalibrate, criterion=criterion,
+                                   policy=policy, evaluate_before=evaluate_before,
+                                   **self.prune_kwargs(criterion, base.model))
+
+        def compute_pruned():
+            _, report, scores, _ = prune_it(True)
+            return {"params": report.params_after, "macs": report.macs_after,
+                    "params_reduction": 100.0 * (1 - report.params_after / report.params_before),
+                    "macs_reduction": report.macs_reduction, **scores}
+
+        def compute_tuned():
+            pruned, *_ = prune_it(False)
+            history = self.finetune(pruned, seed)
+            return {**_scalars(self.evaluate(pruned), "_after"), "train_loss": float(history["train_loss"].iloc[-1])}
+        pruned = self.store.fetch("pruned", config, compute_pruned).result
+        tuned = self.store.fetch("finetuned", tuned_config, compute_tuned).result
+        return {"method": method, "cut": float(cut), "criterion": criterion, "policy": policy, "seed": seed,
+                "reached": chosen["reached"], **pruned, **tuned}
 
     def _architecture(self, criterion, rate, policy, seed):
         """The baseline pruned at `rate` (sizes only matter: the from-scratch controls re-initialise it)."""

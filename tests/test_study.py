@@ -188,3 +188,24 @@ def test_seeded_draws_give_the_same_batches_with_or_without_loader_workers(study
     assert not all(torch.equal(first[0][0], x) for x in first[0][1:])  # distinct crops within a batch
     with pytest.raises(ValueError, match="workers=2 needs draw_seeds=True"):
         fresh(study, workers=2)
+
+
+def test_allocated_points_meet_their_macs_cut_and_come_back_from_the_store(study):
+    """Chapter 12's path: a stored sensitivity table, the three allocations at one MACs cut, each pruned,
+    recalibrated and fine-tuned into the store; a second study reads every record instead of computing."""
+    table = study.sensitivity_table("l1")
+    assert list(table.columns) == ["set", "member", "rate", "score", "drop", "monotone_drop"]
+    assert len(table) == 4 * table["set"].nunique() and isinstance(table.attrs["baseline_score"], float)
+    assert (study.results_dir / "sensitivity").is_dir()  # the resumable cache of the table
+    methods = gmlib.allocation.METHODS
+    rows = [study.allocated_point(m, 0.3, criterion="l1") for m in methods]
+    for row in rows:
+        assert 0.3 - 0.005 <= row["reached"] <= 0.33
+        assert row["macs_reduction"] / 100 == pytest.approx(row["reached"], abs=1e-9)
+        assert {"dice_positive_before", "dice_positive_recal", "dice_positive_after"} <= set(row)
+    assert len(set(study.allocation("uniform", 0.3, criterion="l1")["rates"].values())) == 1
+    assert study.allocation("random", 0.3, criterion="l1", seed=1) != study.allocation("random", 0.3, criterion="l1")
+    again = fresh(study)
+    before = {kind: len(list(study.store.root.glob(f"{kind}/*.json"))) for kind in ("pruned", "finetuned")}
+    assert [again.allocated_point(m, 0.3, criterion="l1") for m in methods] == rows
+    assert before == {kind: len(list(study.store.root.glob(f"{kind}/*.json"))) for kind in ("pruned", "finetuned")}
