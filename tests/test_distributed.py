@@ -47,8 +47,10 @@ def test_two_gloo_ranks_match_each_other_and_one_process(setup):
     assert moved > 1e-3  # it did train
     for k, v in r0["state_dict"].items():
         assert torch.equal(v, r1["state_dict"][k]), f"ranks differ in {k}"  # DDP keeps replicas identical
-        if v.is_floating_point():  # same global batches, same loss: equal up to float rounding (lr 1e-3)
-            assert torch.allclose(v, one["state_dict"][k], rtol=1e-4, atol=1e-5), k
+        if v.is_floating_point():  # same global batches, same loss: the same update up to float rounding, which
+            # Adam magnifies where a gradient is near zero, so the updates are compared, not the weights' last digits
+            update, gap = one["state_dict"][k] - start[k], v - one["state_dict"][k]
+            assert float(gap.norm()) <= 1e-2 * float(update.norm()) + 1e-7, k
     assert r0["loss"] == pytest.approx(one["loss"], rel=1e-4)
 
 
