@@ -85,19 +85,14 @@ class FinetuneConfig:
 
 
 PROFILES = {
-    # a 2-core CPU: the small encoder, quarter-resolution strips (64 x 400), a few minutes of training
+    # a 2-core CPU: the small encoder, quarter-resolution strips (64 x 400), trained to convergence: 30 epochs and a
+    # warm restart of 10 that no longer improves it (chapter 05 shows the curve)
     "quick": (BaselineConfig(arch="fpn_resnest14d", n_images=3000, data_seed=0, val_fraction=0.2, test_fraction=0.2,
-                             scale=0.25, crop=(64, 256), batch_size=8, epochs=16, lr=1e-3, weight_decay=1e-4, pos_weight=5.0,
-                             defect_oversampling=3.0, monitor="dice_positive", seed=0),
-              # 56 steps: a quarter of an epoch (225 batches of 8 crops)
+                             scale=0.25, crop=(64, 256), batch_size=8, epochs=30, lr=1e-3, weight_decay=1e-4,
+                             pos_weight=5.0, defect_oversampling=3.0, monitor="dice_positive", seed=0,
+                             restart_epochs=10, restart_lr=3e-4),
+              # 56 steps: a quarter of an epoch (225 batches of 8 crops); chapter 07 sweeps 0.25, 1 and 4 epochs
               FinetuneConfig(steps=56, lr=5e-4)),
-    # the quick profile trained to convergence (30 epochs and a warm restart of 10; record bab9ed5795d56645): it
-    # becomes "quick" once chapter 07's full grid (scripts/grids/07_full.json) is in the store on it
-    "converged": (BaselineConfig(arch="fpn_resnest14d", n_images=3000, data_seed=0, val_fraction=0.2,
-                                 test_fraction=0.2, scale=0.25, crop=(64, 256), batch_size=8, epochs=30, lr=1e-3,
-                                 weight_decay=1e-4, pos_weight=5.0, defect_oversampling=3.0, monitor="dice_positive",
-                                 seed=0, restart_epochs=10, restart_lr=3e-4),
-                  FinetuneConfig(steps=56, lr=5e-4)),
     # a GPU: the paper's FPN-ResNeSt50 on full-resolution strips, as many synthetic strips as the real train set
     "paper": (BaselineConfig(arch="fpn_resnest50", n_images=12568, data_seed=0, val_fraction=0.15, test_fraction=0.15,
                              scale=1.0,
@@ -150,7 +145,7 @@ class Study:
     """One profile's data, baseline, fine-tuning, evaluation and stored experiments.
 
     Args:
-        profile: "quick", "converged", "paper" or "smoke" (see PROFILES), or a (BaselineConfig, FinetuneConfig) pair.
+        profile: "quick", "paper" or "smoke" (see PROFILES), or a (BaselineConfig, FinetuneConfig) pair.
         data_dir: a Severstal-layout folder; the synthetic set is generated there unless it holds real data.
         results_dir: where figures, tables and resumable run folders go.
         store_dir: the results store (the study's committed one is data/store/); read-only under

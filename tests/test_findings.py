@@ -39,11 +39,21 @@ def test_answers_and_the_verdict_text():
     at = found["loss"]
     assert at[(10, 0.1)]["nearly_lossless"] and at[(10, 0.5)]["degrades"]
     text = findings.verdict_markdown(found, lossless=0.05, low_rates=(0.1,), high_rates=(0.5,))
-    assert "the paper's claim holds here" in text and "level in 2" in text
-    assert "no rate past 40 % is in this grid" in findings.verdict_markdown(found, lossless=0.05, high_rates=(0.9,))
+    assert "nearly lossless at 10% and degrades at 50%" in text and "level in 2" in text
+    assert "is not tested past 40 %" in findings.verdict_markdown(found, lossless=0.05, high_rates=(0.9,))
     strict = findings.answers(points(0.0), {"dice_positive": 0.6}, lossless=0.01)
-    assert "is not shown to be nearly lossless" in findings.verdict_markdown(strict, lossless=0.01,
-                                                                           low_rates=(0.1,), high_rates=(0.5,))
+    assert "not shown to be nearly lossless at 10%" in findings.verdict_markdown(strict, lossless=0.01,
+                                                                               low_rates=(0.1,), high_rates=(0.5,))
+
+
+def test_the_verdict_is_given_for_every_budget_and_names_it_in_epochs():
+    main = points(0.0)
+    longer = main.assign(steps=40, dice_positive_after=main.dice_positive_after + 0.03)  # more steps, less loss
+    found = findings.answers(main, {"dice_positive": 0.6}, lossless=0.01, budgets=longer)
+    assert {s for s, _ in found["loss"]} == {10, 40} and len(found["pairs"]) == len(findings.paired(main))
+    text = findings.verdict_markdown(found, lossless=0.01, low_rates=(0.1,), high_rates=(0.5,), steps_per_epoch=40)
+    assert "After 10 steps (0.25 epoch) of fine-tuning" in text and "After 40 steps (1 epoch)" in text
+    assert findings.budget_name(160, 40) == "160 steps (4 epochs)"
 
 
 def test_figure5_table_has_means_and_intervals():
@@ -62,4 +72,4 @@ def test_inherited_weights_pairs_pruned_and_scratch_by_seed_and_budget():
     level = findings.inherited(pruned, pruned[pruned.criterion == "l1"].assign(criterion="scratch"))
     assert set(level["inherited weights are"]) == {"level"}
     text = findings.budget_markdown(findings.paired(pruned), worth, steps_per_epoch=10)
-    assert "1 epoch (10 steps): ahead 0, behind 0, level 2 of 2" in text and "+0.004 ± 0.000 (worth something)" in text
+    assert "10 steps (1 epoch): ahead 0, behind 0, level 2 of 2" in text and "+0.004 ± 0.000 (worth something)" in text
