@@ -169,7 +169,8 @@ def test_compute_grid_fills_the_store_then_finds_nothing_to_do(tmp_path, capsys)
     process into the store, and a second run finds every point stored."""
     import compute_grid
     params = tmp_path / "grid.json"
-    params.write_text('{"RATES": [0.3], "CRITERIA": ["l1"], "SEEDS": [0, 1]}')
+    params.write_text('{"RATES": [0.3], "CRITERIA": ["l1"], "SEEDS": [0, 1], "COUPLED_CRITERIA": [], '
+                      '"BUDGETS": [], "LRS": [], "BASELINE_SEEDS": []}')  # the chapter's other grids off
     args = ["--profile", "smoke", "--data", str(tmp_path / "data"), "--store", str(tmp_path / "store"),
             "--workers", "1", "--params", str(params), "-p", "SEEDS", "[0]"]  # -p wins over the file
     assert compute_grid.main(args + ["--dry-run"]) == 0  # lists the work without training the baseline
