@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pandas as pd
 
-__all__ = ["interval", "figure5_table", "paired", "inherited", "answers", "verdict_markdown", "budget_markdown", "budget_name",
+__all__ = ["interval", "figure5_table", "paired", "inherited", "answers", "verdict_markdown", "budget_markdown", "budget_name", "paired_by", "allocation_markdown",
            "STAGES"]
 
 STAGES = ("before", "recal", "after")
@@ -49,22 +49,30 @@ def figure5_table(points: pd.DataFrame, scores=("dice_kaggle", "dice_positive"),
     return pd.DataFrame(rows).set_index(keys)
 
 
-def paired(points: pd.DataFrame, score: str = "dice_positive_after", reference: str = "fpgm") -> pd.DataFrame:
-    """`reference` minus each other criterion, paired by fine-tuning seed (the same crops in the same order), per
-    (policy, steps, lr, rate): mean difference, its 95 % interval, and "ahead" / "behind" / "level" (the interval
-    excludes 0 or not)."""
-    keys = ["policy", "steps", "lr", "rate"]
-    ref = points[points.criterion == reference].set_index(keys + ["seed"])[score]
+def paired_by(points: pd.DataFrame, column: str, reference, within, score: str = "dice_positive_after"
+              ) -> pd.DataFrame:
+    """`reference` minus each other value of `column`, paired by fine-tuning seed (the same crops in the same order),
+    per group of `within`: mean difference, its 95 % interval, and "ahead" / "behind" / "level" (the interval
+    excludes 0 or not) in the column "<reference> is"."""
+    keys = list(within)
+    ref = points[points[column] == reference].set_index(keys + ["seed"])[score]
     rows = []
-    for other in sorted(set(points.criterion) - {reference}):
-        theirs = points[points.criterion == other].set_index(keys + ["seed"])[score]
+    for other in sorted(set(points[column]) - {reference}):
+        theirs = points[points[column] == other].set_index(keys + ["seed"])[score]
         both = pd.concat([ref.rename("ref"), theirs.rename("other")], axis=1, join="inner")
         for key, group in both.groupby(level=keys):
+            key = key if isinstance(key, tuple) else (key,)
             mean, half, n = interval(group["ref"] - group["other"])
             call = "level" if n < 2 or abs(mean) <= half else ("ahead" if mean > 0 else "behind")
             rows.append({**dict(zip(keys, key)), "other": other, "pairs": n, "difference": mean, "ci": half,
-                         "fpgm is": call})
+                         f"{reference} is": call})
     return pd.DataFrame(rows)
+
+
+def paired(points: pd.DataFrame, score: str = "dice_positive_after", reference: str = "fpgm") -> pd.DataFrame:
+    """`reference` minus each other criterion, paired by seed, per (policy, steps, lr, rate) (see `paired_by`)."""
+    out = paired_by(points, "criterion", reference, ["policy", "steps", "lr", "rate"], score)
+    return out.rename(columns={f"{reference} is": "fpgm is"})
 
 
 def inherited(pruned: pd.DataFrame, scratch: pd.DataFrame, score: str = "dice_positive_after",
@@ -181,4 +189,41 @@ def budget_markdown(pairs: pd.DataFrame, worth: pd.DataFrame, steps_per_epoch: f
         lines.append("**Are inherited weights worth anything?** The pruned network fine-tuned for a budget, minus the "
                      f"same architecture trained from fresh weights for the same steps ({score_name}, paired by "
                      "seed): " + "; ".join(parts) + ".")
+    return "\n\n".join(lines)
+
+
+def allocation_markdown(points: pd.DataFrame, score: str = "dice_positive_after",
+                        score_name: str = "positive-pair Dice") -> str:
+    """Chapter 12's answers from its points (columns method, cut, criterion, seed, reached, `score`): each allocation
+    against the uniform rate at the same MACs cut, paired by seed, and whether the allocation moves the score more
+    than the criterion does (the largest paired difference of either kind)."""
+    lines = []
+    by_method = paired_by(points, "method", "uniform", ["cut", "criterion"], score)
+    by_criterion = paired_by(points, "criterion", "fpgm", ["cut", "method"], score)
+    estimated = 100 * (points["reached"] - points["cut"]).abs().max()
+    measured = (points["macs_reduction"] - 100 * points["cut"]).abs().max()
+    lines.append(f"**Do the allocations meet the target?** Every one reaches its MACs cut within {estimated:.2f} "
+                 f"points by the estimate it was searched with (per-module counts scaled by the kept fractions) "
+                 f"and within {measured:.2f} points as measured on the pruned network.")
+    flip = {"ahead": "behind", "behind": "ahead", "level": "level"}  # the rows are uniform minus the allocation
+    for other, group in by_method.groupby("other"):
+        parts = [f"{r['criterion']} at −{r['cut']:.0%}: {-r['difference']:+.3f} ± {r['ci']:.3f} "
+                 f"({flip[r['uniform is']]})" for r in group.sort_values(["cut", "criterion"]).to_dict("records")]
+        lines.append(f"**{other.capitalize()} allocation minus the uniform rate** ({score_name} after fine-tuning, "
+                     "paired by seed): " + "; ".join(parts) + ".")
+    if len(by_method) and len(by_criterion):
+        top_m = by_method.loc[by_method["difference"].abs().idxmax()]
+        top_c = by_criterion.loc[by_criterion["difference"].abs().idxmax()]
+        real_m, real_c = top_m["uniform is"] != "level", top_c["fpgm is"] != "level"
+        if not (real_m or real_c):
+            verdict = "neither moves the score beyond the seeds' noise"
+        elif real_m and (not real_c or abs(top_m.difference) > abs(top_c.difference)):
+            verdict = "the allocation matters more"
+        else:
+            verdict = "the criterion matters more"
+        lines.append(f"**Allocation or criterion?** The largest effect of the allocation is "
+                     f"{-top_m.difference:+.3f} ± {top_m.ci:.3f} ({top_m.other} against uniform, {top_m.criterion} "
+                     f"at −{top_m.cut:.0%}); the largest of the criterion is {top_c.difference:+.3f} ± "
+                     f"{top_c.ci:.3f} (fpgm against {top_c.other}, {top_c.method} allocation at −{top_c.cut:.0%}): "
+                     f"here {verdict}.")
     return "\n\n".join(lines)

@@ -73,3 +73,25 @@ def test_inherited_weights_pairs_pruned_and_scratch_by_seed_and_budget():
     assert set(level["inherited weights are"]) == {"level"}
     text = findings.budget_markdown(findings.paired(pruned), worth, steps_per_epoch=10)
     assert "10 steps (1 epoch): ahead 0, behind 0, level 2 of 2" in text and "+0.004 ± 0.000 (worth something)" in text
+
+
+def test_allocation_answers_pair_each_allocation_with_the_uniform_rate_and_weigh_it_against_the_criterion():
+    rng = np.random.default_rng(1)
+    rows = []
+    for seed in range(4):
+        noise = rng.normal(0, 0.01)  # the seed's crops: shared by every allocation and criterion
+        for method, gain in (("uniform", 0.0), ("sensitivity", 0.02), ("random", -0.0005 * seed)):
+            for criterion, extra in (("fpgm", 0.002), ("l1", 0.0)):
+                rows.append({"method": method, "cut": 0.5, "criterion": criterion, "seed": seed,
+                             "reached": 0.5 + 0.001 * seed, "macs_reduction": 50.5,
+                             "dice_positive_after": 0.7 + noise + gain + extra})
+    text = findings.allocation_markdown(pd.DataFrame(rows))
+    assert "within 0.30 points by the estimate" in text and "within 0.50 points as measured" in text
+    assert "**Sensitivity allocation minus the uniform rate**" in text and "fpgm at −50%: +0.020 ± 0.000 (ahead)" in text
+    assert "**Random allocation minus the uniform rate**" in text
+    assert "here the allocation matters more" in text
+    flat = pd.DataFrame(rows).assign(dice_positive_after=lambda t: t.dice_positive_after
+                                     + np.where(t.criterion == "l1", -0.05, 0.0))  # now l1 is far worse
+    assert "here the criterion matters more" in findings.allocation_markdown(flat)
+    same = pd.DataFrame(rows).assign(dice_positive_after=lambda t: 0.7 + 0.01 * t.seed)  # only the seed matters
+    assert "here neither moves the score beyond the seeds' noise" in findings.allocation_markdown(same)
