@@ -9,8 +9,8 @@ import math
 import numpy as np
 import pandas as pd
 
-__all__ = ["interval", "figure5_table", "paired", "inherited", "answers", "verdict_markdown", "budget_markdown", "budget_name", "paired_by", "allocation_markdown",
-           "STAGES"]
+__all__ = ["interval", "figure5_table", "paired_by", "paired", "inherited", "answers", "verdict_markdown",
+           "budget_markdown", "budget_name", "allocation_markdown", "STAGES"]
 
 STAGES = ("before", "recal", "after")
 # Student t quantiles t(0.975, df): a 95 % two-sided interval for the mean of df + 1 seeds
@@ -198,23 +198,25 @@ def allocation_markdown(points: pd.DataFrame, score: str = "dice_positive_after"
     against the uniform rate at the same MACs cut, paired by seed, and whether the allocation moves the score more
     than the criterion does (the largest paired difference of either kind)."""
     lines = []
+    flip = {"ahead": "behind", "behind": "ahead", "level": "level"}
+    # paired_by gives uniform minus each allocation: turned round once, to the allocation minus uniform
     by_method = paired_by(points, "method", "uniform", ["cut", "criterion"], score)
+    by_method = by_method.assign(difference=-by_method["difference"], call=by_method["uniform is"].map(flip))
     by_criterion = paired_by(points, "criterion", "fpgm", ["cut", "method"], score)
     estimated = 100 * (points["reached"] - points["cut"]).abs().max()
     measured = (points["macs_reduction"] - 100 * points["cut"]).abs().max()
     lines.append(f"**Do the allocations meet the target?** Every one reaches its MACs cut within {estimated:.2f} "
                  f"points by the estimate it was searched with (per-module counts scaled by the kept fractions) "
                  f"and within {measured:.2f} points as measured on the pruned network.")
-    flip = {"ahead": "behind", "behind": "ahead", "level": "level"}  # the rows are uniform minus the allocation
     for other, group in by_method.groupby("other"):
-        parts = [f"{r['criterion']} at −{r['cut']:.0%}: {-r['difference']:+.3f} ± {r['ci']:.3f} "
-                 f"({flip[r['uniform is']]})" for r in group.sort_values(["cut", "criterion"]).to_dict("records")]
+        parts = [f"{r['criterion']} at −{r['cut']:.0%}: {r['difference']:+.3f} ± {r['ci']:.3f} ({r['call']})"
+                 for r in group.sort_values(["cut", "criterion"]).to_dict("records")]
         lines.append(f"**{other.capitalize()} allocation minus the uniform rate** ({score_name} after fine-tuning, "
                      "paired by seed): " + "; ".join(parts) + ".")
     if len(by_method) and len(by_criterion):
         top_m = by_method.loc[by_method["difference"].abs().idxmax()]
         top_c = by_criterion.loc[by_criterion["difference"].abs().idxmax()]
-        real_m, real_c = top_m["uniform is"] != "level", top_c["fpgm is"] != "level"
+        real_m, real_c = top_m["call"] != "level", top_c["fpgm is"] != "level"
         if not (real_m or real_c):
             verdict = "neither moves the score beyond the seeds' noise"
         elif real_m and (not real_c or abs(top_m.difference) > abs(top_c.difference)):
@@ -222,7 +224,7 @@ def allocation_markdown(points: pd.DataFrame, score: str = "dice_positive_after"
         else:
             verdict = "the criterion matters more"
         lines.append(f"**Allocation or criterion?** The largest effect of the allocation is "
-                     f"{-top_m.difference:+.3f} ± {top_m.ci:.3f} ({top_m.other} against uniform, {top_m.criterion} "
+                     f"{top_m.difference:+.3f} ± {top_m.ci:.3f} ({top_m.other} against uniform, {top_m.criterion} "
                      f"at −{top_m.cut:.0%}); the largest of the criterion is {top_c.difference:+.3f} ± "
                      f"{top_c.ci:.3f} (fpgm against {top_c.other}, {top_c.method} allocation at −{top_c.cut:.0%}): "
                      f"here {verdict}.")
