@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["interval", "figure5_table", "paired_by", "paired", "inherited", "answers", "verdict_markdown",
-           "budget_markdown", "budget_name", "allocation_markdown", "STAGES"]
+           "budget_markdown", "budget_name", "allocation_markdown", "baseline_seeds",
+           "baseline_seed_markdown", "STAGES"]
 
 STAGES = ("before", "recal", "after")
 # Student t quantiles t(0.975, df): a 95 % two-sided interval for the mean of df + 1 seeds
@@ -228,4 +229,52 @@ def allocation_markdown(points: pd.DataFrame, score: str = "dice_positive_after"
                      f"at −{top_m.cut:.0%}); the largest of the criterion is {top_c.difference:+.3f} ± "
                      f"{top_c.ci:.3f} (fpgm against {top_c.other}, {top_c.method} allocation at −{top_c.cut:.0%}): "
                      f"here {verdict}.")
+    return "\n\n".join(lines)
+
+
+def baseline_seeds(points: pd.DataFrame, reference_seed: int = 0, reference: str = "fpgm",
+                   score: str = "dice_positive_after") -> tuple:
+    """How far the baseline's own seed moves the study (points with a `baseline_seed` column), as two frames:
+
+    - shifts: each (criterion, rate) on another baseline minus the same on `reference_seed` (unpaired: mean
+      difference, and the root sum of squares of both half-widths as its interval);
+    - calls: `reference` against each other criterion, paired by fine-tuning seed within each baseline (rows
+      rate × other criterion on every baseline, one column of "ahead" / "behind" / "level" per baseline seed).
+    """
+    ref = points[points.baseline_seed == reference_seed]
+    shifts = []
+    for (b, criterion, rate), group in points[points.baseline_seed != reference_seed].groupby(
+            ["baseline_seed", "criterion", "rate"]):
+        mine = ref[(ref.criterion == criterion) & (ref.rate == rate)][score]
+        if len(mine):
+            (m1, h1, _), (m0, h0, _) = interval(group[score]), interval(mine)
+            shifts.append({"baseline_seed": b, "criterion": criterion, "rate": rate, "shift": m1 - m0,
+                           "ci": math.hypot(h1, h0)})
+    pairs = paired_by(points, "criterion", reference, ["rate", "baseline_seed"], score)
+    calls = (pairs.pivot_table(index=["rate", "other"], columns="baseline_seed", values=f"{reference} is",
+                               aggfunc="first").dropna() if len(pairs) else pd.DataFrame())
+    return pd.DataFrame(shifts, columns=["baseline_seed", "criterion", "rate", "shift", "ci"]), calls
+
+
+def baseline_seed_markdown(points: pd.DataFrame, reference_seed: int = 0, reference: str = "fpgm",
+                           score: str = "dice_positive_after", score_name: str = "positive-pair Dice") -> str:
+    """The two answers of `baseline_seeds` as paragraphs: how far the other baselines move each point, and whether
+    `reference`'s calls against the other criteria come out the same on every baseline."""
+    shifts, calls = baseline_seeds(points, reference_seed, reference, score)
+    lines = []
+    if len(shifts):
+        parts = [f"{r['criterion']} at {r['rate']:.0%}: {r['shift']:+.3f} ± {r['ci']:.3f}"
+                 for r in shifts.sort_values(["rate", "criterion"]).to_dict("records")]
+        outside = int((shifts["shift"].abs() > shifts["ci"]).sum())
+        lines.append(f"**Does the baseline's seed move the points?** The same criterion at the same rate on baseline "
+                     f"{', '.join(str(b) for b in sorted(set(shifts.baseline_seed)))} minus baseline "
+                     f"{reference_seed} ({score_name} after fine-tuning): " + "; ".join(parts)
+                     + f". {outside} of {len(shifts)} shifts exceed their interval.")
+    if len(calls) and calls.shape[1] > 1:
+        parts = [f"against {other} at {rate:.0%}: " + " / ".join(calls.loc[(rate, other)])
+                 for rate, other in calls.index]
+        lines.append(f"**Does the ranking of criteria survive another baseline?** {reference.upper()} against each "
+                     f"other criterion, paired by fine-tuning seed within each baseline (baseline "
+                     f"{' / '.join(str(b) for b in calls.columns)}): " + "; ".join(parts)
+                     + f". The calls agree in {int((calls.nunique(axis=1) == 1).sum())} of {len(calls)}.")
     return "\n\n".join(lines)

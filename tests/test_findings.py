@@ -95,3 +95,18 @@ def test_allocation_answers_pair_each_allocation_with_the_uniform_rate_and_weigh
     assert "here the criterion matters more" in findings.allocation_markdown(flat)
     same = pd.DataFrame(rows).assign(dice_positive_after=lambda t: 0.7 + 0.01 * t.seed)  # only the seed matters
     assert "here neither moves the score beyond the seeds' noise" in findings.allocation_markdown(same)
+
+
+def test_baseline_seed_answers_say_how_far_the_baseline_moves_points_and_whether_the_calls_survive():
+    one = points(0.005).assign(baseline_seed=0)
+    # the other baseline: every point 0.05 higher, and FPGM's edge gone at 50 % (level there)
+    two = points(0.005).assign(baseline_seed=1, dice_positive_after=lambda t: t.dice_positive_after + 0.05)
+    two.loc[(two.criterion == "fpgm") & (two.rate == 0.5), "dice_positive_after"] -= 0.005
+    text = findings.baseline_seed_markdown(pd.concat([one, two]))
+    assert "fpgm at 10%: +0.050" in text and "l1 at 50%: +0.050" in text and "4 of 4 shifts exceed" in text
+    assert "against l1 at 10%: ahead / ahead" in text and "against l1 at 50%: ahead / level" in text
+    assert "The calls agree in 1 of 2" in text
+    assert findings.baseline_seed_markdown(one) == ""
+    # a rate pruned on one baseline only is not compared across baselines
+    extra = points(0.005).assign(baseline_seed=0, rate=lambda t: t.rate + 0.2)
+    assert len(findings.baseline_seeds(pd.concat([one, two, extra]))[1]) == 2

@@ -94,11 +94,11 @@ def test_chapter_has_title_parameters_summary_and_exercises(path):
 
 def test_readme_findings_quote_only_figures_the_chapters_produce():
     """The README's Findings section is rendered from the store through the chapters: every figure it quotes must
-    be among the stored outputs of the study's chapters (05-11), within its rounding."""
+    be among the stored outputs of the study's chapters (05-12), within its rounding."""
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     section = re.search(r"^## Findings\n(.*?)(?=^## |\Z)", readme, re.S | re.M)
     assert section, "README.md has a '## Findings' section"
-    chapters = [nbformat.read(p, as_version=4) for p in CHAPTERS if "05" <= p.stem[:2] <= "11"]
+    chapters = [nbformat.read(p, as_version=4) for p in CHAPTERS if "05" <= p.stem[:2] <= "12"]
     assert list(figures(section.group(1))), "the Findings quote no figure at all"
     missing = unbacked_in(section.group(1), [n for nb in chapters for n in measured(nb)])
     assert not missing, "\n".join(missing)
