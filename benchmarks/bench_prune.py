@@ -24,16 +24,16 @@ import gmlib
 PAPER = {"params": -48.43, "macs": -48.81}  # He et al. FPGM on ResNet50 at 40 %, as quoted by Hao et al. 2022
 
 
-def time_rounds(fns, repeats, against="tp"):
+def time_rounds(fns, repeats, against="tp", network="resnet50"):
     """Median seconds per method, and per method the median of its per-round ratios to method `against`.
 
-    Rounds interleave the methods (round r prunes a fresh ResNet50 of seed r with each of them), after one untimed
+    Rounds interleave the methods (round r prunes a fresh `network` of seed r with each of them), after one untimed
     warm-up round, so a machine that speeds up or slows down mid-run moves every method alike.
     """
     times = {name: [] for name in fns}
     for r in range(-1, repeats):
         for name, fn in fns.items():
-            model = gmlib.models.create("resnet50", seed=max(r, 0)).eval()
+            model = gmlib.models.create(network, seed=max(r, 0)).eval()
             start = time.perf_counter()
             fn(model)
             if r >= 0:
@@ -60,8 +60,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (medians reported)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: robust on a shared machine)")
+    parser.add_argument("--segmentation", action="store_true",
+                        help="only plan against prune on FPN-ResNeSt50 at 1x3x256x1600 (minutes per round on a CPU)")
     args = parser.parse_args()
     gmlib.set_deterministic(0, threads=args.threads)
+    if args.segmentation:
+        return plan_on_fpn(args.repeats, args.threads)
     x = torch.randn(1, 3, 64, 64)
 
     fns = {"gmlib": gmlib_prune(x), "tp": torch_pruning_prune(x), "l2": gmlib_prune(x, "l2"),
@@ -91,6 +95,17 @@ def main():
     params, macs = gmlib.count(pruned_tp, (3, 64, 64))
     print(f"  {'Torch-Pruning (grouped)':28s}{100 * (params / base[0] - 1):10.2f}{100 * (macs / base[1] - 1):10.2f}")
     candidate_macs(x, args.repeats)
+
+
+def plan_on_fpn(repeats, threads):
+    """gmlib.plan against gmlib.prune (both with their defaults: MACs counted, prune verifying its result) on the
+    paper's segmentation network at a full strip, FPGM at 40 % (goal: plan at most prune's time)."""
+    x = torch.randn(1, 3, 256, 1600)
+    fns = {"prune": lambda model: gmlib.prune(model, x, 0.4), "plan": lambda model: gmlib.plan(model, x, 0.4)}
+    t, ratio = time_rounds(fns, repeats, against="prune", network="fpn_resnest50")
+    print(f"FPN-ResNeSt50, 1x3x256x1600, 40 % FPGM (median of {repeats} interleaved rounds, {threads} threads)")
+    print(f"  gmlib.prune (defaults)  {t['prune']:8.2f} s\n  gmlib.plan (defaults)   {t['plan']:8.2f} s   "
+          f"plan / prune {ratio['plan']:.2f} (goal <= 1)")
 
 
 def candidate_macs(x, repeats):
