@@ -241,15 +241,10 @@ def baseline_seeds(points: pd.DataFrame, reference_seed: int = 0, reference: str
     - calls: `reference` against each other criterion, paired by fine-tuning seed within each baseline (rows
       rate × other criterion on every baseline, one column of "ahead" / "behind" / "level" per baseline seed).
     """
-    ref = points[points.baseline_seed == reference_seed]
-    shifts = []
-    for (b, criterion, rate), group in points[points.baseline_seed != reference_seed].groupby(
-            ["baseline_seed", "criterion", "rate"]):
-        mine = ref[(ref.criterion == criterion) & (ref.rate == rate)][score]
-        if len(mine):
-            (m1, h1, _), (m0, h0, _) = interval(group[score]), interval(mine)
-            shifts.append({"baseline_seed": b, "criterion": criterion, "rate": rate, "shift": m1 - m0,
-                           "ci": math.hypot(h1, h0)})
+    at = {key: interval(group[score]) for key, group in points.groupby(["baseline_seed", "criterion", "rate"])}
+    shifts = [{"baseline_seed": b, "criterion": c, "rate": r, "shift": mean - at[(reference_seed, c, r)][0],
+               "ci": math.hypot(half, at[(reference_seed, c, r)][1])}
+              for (b, c, r), (mean, half, _) in at.items() if b != reference_seed and (reference_seed, c, r) in at]
     pairs = paired_by(points, "criterion", reference, ["rate", "baseline_seed"], score)
     calls = (pairs.pivot_table(index=["rate", "other"], columns="baseline_seed", values=f"{reference} is",
                                aggfunc="first").dropna() if len(pairs) else pd.DataFrame())
