@@ -27,7 +27,7 @@ __all__ = ["VERSIONS", "Store", "Record", "StoreError", "MissingRecord", "record
 # experiment runs (its recipe, its metric, its data) bumps it; tests/test_store.py recomputes one cheap record for
 # real and compares it with the committed one, so a change that forgets the bump shows there.
 VERSIONS = {"baseline": 1, "pruned": 1, "finetuned": 1, "scratch": 1, "iterative": 1, "latency": 1, "int8": 1,
-            "zoo": 1, "sensitivity": 1, "allocation": 1}
+            "zoo": 1, "sensitivity": 1, "allocation": 1, "compression": 1}
 READONLY_ENV = "GMLIB_STORE_READONLY"  # "1": missing records are errors (set by `make nbval`)
 FRESH_MARKER = "FRESH"  # <root>/FRESH holds a time: records made before it count as missing (make reproduce FRESH=1)
 HOW_TO_REGENERATE = "run `make reproduce` to compute missing records (`make reproduce FRESH=1` recomputes all)"

@@ -148,3 +148,23 @@ def test_the_committed_segmentation_table_is_reproduced_by_the_code():
     for key in ("params_cut", "macs_cut", "coverage", "params_unused", "status", "reason"):
         assert now[key] == stored[key], (key, now[key], stored[key])
     assert now["error"] <= zoo.EXACT_TOL and stored["error"] <= zoo.EXACT_TOL
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_the_committed_compression_table_is_reproduced_by_the_code():
+    """Chapter 03's tables are a record; the paper's headline row (ResNet50 at 40 %), pruned now, gives the stored
+    counts exactly."""
+    import gmlib
+
+    records = [r for r in Store(COMMITTED, readonly=True).records("compression")
+               if "resnet50" in r.config["networks"] and 0.4 in r.config["rates"]]
+    assert records, "chapter 03's compression table is not in the store"
+    config = records[0].config
+    for policy in config["policies"]:
+        stored = [r for r in records[0].result["rows"]
+                  if (r["model"], r["policy"], r["rate"]) == ("resnet50", policy, 0.4)][0]
+        model = gmlib.models.create("resnet50", num_classes=config["num_classes"], seed=config["seed"]).eval()
+        report = gmlib.prune(model, torch.zeros(1, *config["input_size"]), 0.4, criterion=config["criterion"],
+                             policy=policy)
+        assert (report.params_reduction, report.macs_reduction) == (stored["params reduction %"],
+                                                                    stored["FLOPs reduction %"]), policy
