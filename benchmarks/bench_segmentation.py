@@ -8,7 +8,8 @@ under both policies with its self-check on (the default), Torch-Pruning as gmlib
 FPGMImportance, pruning_ratio 0.3, its GroupNorm handling as it is, the 2-class head kept). Every result is judged by
 the same by-value check (gmlib.verify.check_exact: does the pruned network compute the original with the removed
 channels zeroed?): exact, WRONG, refused (an exception), or timeout (no result within `--timeout` s). Params cut
-are shares of the parameters the forward runs (gmlib.zoo.unused_params: PSPNet never runs its last two stages).
+are shares of the parameters the forward runs, before and after (gmlib.zoo.run_cut: PSPNet never runs its last two
+stages, and a pruner may shrink them too).
 
 Rounds interleave the three runs on each network; times are medians over `--repeats` rounds; the ratio per network
 is gmlib (or-merge) / Torch-Pruning, and its median over the networks where both gave a result is printed last.
@@ -24,7 +25,7 @@ import torch
 
 import gmlib
 from gmlib.verify import check_exact, fingerprint
-from gmlib.zoo import EXACT_TOL, _time_limit, torch_pruning_step, unused_params
+from gmlib.zoo import EXACT_TOL, _time_limit, run_cut, torch_pruning_step
 
 SMP = ["Unet", "FPN", "UnetPlusPlus", "PSPNet", "DeepLabV3", "DeepLabV3Plus", "Linknet", "MAnet", "PAN", "UPerNet"]
 TORCHVISION = ["fcn_resnet50", "deeplabv3_resnet50", "deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large"]
@@ -49,11 +50,10 @@ def build(arch, encoder):
     return label, fingerprint(model.double().eval()), x
 
 
-def run(tool, original, x, timeout, unused=0):
+def run(tool, original, x, timeout):
     """(status, params cut %, seconds) of one tool on a copy of `original`; the cut is a share of the parameters
-    the forward runs (`unused` of them never are: e.g. PSPNet's last encoder stages)."""
+    the forward runs (gmlib.zoo.run_cut: e.g. PSPNet never runs its last encoder stages)."""
     model = copy.deepcopy(original)
-    before = sum(p.numel() for p in model.parameters()) - unused
     start = time.perf_counter()
     try:
         with warnings.catch_warnings(), _time_limit(timeout):
@@ -70,8 +70,7 @@ def run(tool, original, x, timeout, unused=0):
         exact = check_exact(original, model, x) <= EXACT_TOL
     except Exception:  # noqa: BLE001 - a pruned network that does not run, or is not a sub-network by value
         exact = False
-    after = sum(p.numel() for p in model.parameters()) - unused
-    return ("exact" if exact else "WRONG"), 100 * (1 - after / before), seconds
+    return ("exact" if exact else "WRONG"), run_cut(original, model, x), seconds
 
 
 def main():
@@ -92,14 +91,17 @@ def main():
     print(f"{'network':44s} {'gmlib or-merge':>22s} {'gmlib coupled':>22s} {'Torch-Pruning':>22s} {'ratio':>6s}")
     ratios, tally, smp_targets = [], {t: {} for t in tools}, []
     for arch, encoder in nets:
-        label, original, x = build(arch, encoder)
-        unused = unused_params(original, x)
+        try:
+            label, original, x = build(arch, encoder)
+        except ValueError as e:  # smp itself refuses some pairs (DenseNet or VGG encoders in dilated mode)
+            print(f"{f'smp {arch} {encoder}':44s} smp cannot build it: {e}")
+            continue
         first, times = {}, {t: [] for t in tools}
         for r in range(args.repeats):
             for t in tools:
                 if first.get(t, ("",))[0] == "timeout":  # no point timing it again
                     continue
-                status, cut, seconds = run(t, original, x, args.timeout, unused)
+                status, cut, seconds = run(t, original, x, args.timeout)
                 first.setdefault(t, (status, cut))
                 times[t].append(args.timeout if status == "timeout" else seconds)
         cells = []

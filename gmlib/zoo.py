@@ -24,7 +24,8 @@ from .utils import package_version
 from .verify import _flat, check_exact, fingerprint
 
 __all__ = ["FAMILIES", "SEGMENTATION", "SMP_ENCODER", "create", "ZooResult", "try_family", "try_torch_pruning",
-           "torch_pruning_step", "zoo_table", "stored_zoo_table", "unused_params", "EXACT_TOL"]
+           "torch_pruning_step", "zoo_table", "stored_zoo_table", "unused_params", "run_cut",
+           "EXACT_TOL"]
 
 EXACT_TOL = 1e-9  # relative, in float64: an exact surgery lands at ~1e-15, a wrong one at >= 1e-3
 
@@ -127,6 +128,7 @@ class ZooResult:
     error: float             # relative difference to the masked reference (nan when refused)
     status: str              # prunes | partial | refused | timeout | WRONG
     reason: str              # the largest frozen share's reason, or the error that refused it
+    params_cut_run: float = 0.0  # percent of the parameters the forward runs, before and after (see run_cut)
 
     def as_dict(self):
         return dict(self.__dict__)
@@ -181,7 +183,7 @@ def try_family(family: str, rate: float, policy: str = "or-merge", count_macs: b
     if not why and not report.frozen_reason and status == "partial" and policy == "or-merge":
         why = "or-merge keeps a channel that any conv sharing it keeps (residual streams); coupled cuts them"
     return ZooResult(family, name, rate, policy, params_cut, macs_cut, 100 * (report.coverage or 0.0), error,
-                     status, why or report.frozen_reason)
+                     status, why or report.frozen_reason, run_cut(original, model, x))
 
 
 def zoo_table(families, rate: float, policies=("or-merge", "coupled"), torch_pruning: bool = False,
@@ -200,9 +202,8 @@ def zoo_table(families, rate: float, policies=("or-merge", "coupled"), torch_pru
         if torch_pruning:
             results.append(try_torch_pruning(family, rate, seed=seed, timeout_s=timeout_s, setup=setup))
         for r in results:  # judged on the parameters that run: dead weight is no pruner's to cut
-            run_cut = r.params_cut / (1 - unused / 100) if unused < 100 else 0.0
-            status = _status(r.error, run_cut, rate) if r.status in ("prunes", "partial") else r.status
-            rows.append({**r.as_dict(), "status": status, "params_unused": unused, "params_cut_run": run_cut})
+            status = _status(r.error, r.params_cut_run, rate) if r.status in ("prunes", "partial") else r.status
+            rows.append({**r.as_dict(), "status": status, "params_unused": unused})
     return pd.DataFrame(rows)
 
 
@@ -215,6 +216,19 @@ def unused_params(model: nn.Module, example_inputs) -> int:
     sum(t.sum() for t in _flat(twin(*inputs))).backward()
     return sum(p.numel() for p in twin.parameters() if p.requires_grad and p.grad is None)
 
+
+def run_cut(original: nn.Module, pruned: nn.Module, example_inputs) -> float:
+    """Percent of the parameters the forward runs that pruning removed: 100 (1 - run(pruned) / run(original)),
+    run = all parameters less `unused_params`, each counted on its own network (a pruner may shrink dead weight
+    too, which must not count as a cut). nan when the pruned network does not run."""
+    def run(model):
+        return sum(p.numel() for p in model.parameters()) - unused_params(model, example_inputs)
+    try:
+        after = run(pruned)
+    except Exception:  # noqa: BLE001 - a broken result of another tool has no run parameters
+        return float("nan")
+    before = run(original)
+    return 100 * (1 - after / before) if before else 0.0
 
 
 def stored_zoo_table(store: Store, families, rate: float, policies=("or-merge", "coupled"),
@@ -289,4 +303,4 @@ def try_torch_pruning(family: str, rate: float, seed: int = 0, timeout_s: float 
     error, why = _error(original, model, x)
     params_cut = 100 * (1 - sum(p.numel() for p in model.parameters()) / before)
     return ZooResult(family, name, rate, "torch-pruning", params_cut, float("nan"), float("nan"), error,
-                     _status(error, params_cut, rate), why)
+                     _status(error, params_cut, rate), why, run_cut(original, model, x))

@@ -1,6 +1,7 @@
 """gmlib.prune on 31 timm / torchvision CNN families, each checked in float64 against a masked reference that finds
 the surviving channels by value (gmlib.verify), not from gmlib's report; plus the channel rules one by one."""
 import copy
+import math
 
 import pytest
 import torch
@@ -197,6 +198,25 @@ def test_unused_params_counts_the_stages_a_forward_never_reads():
     model = Head()
     assert gmlib.zoo.unused_params(model, torch.randn(1, 3, 8, 8)) == sum(p.numel() for p in model.late.parameters())
     assert all(p.grad is None for p in model.parameters())  # counted on a copy
+
+
+def test_run_cut_counts_each_network_s_own_dead_weight():
+    class Net(nn.Module):  # `dead` runs but its output is thrown away, as smp's unused encoder stages are
+        def __init__(self, live, dead):
+            super().__init__()
+            self.live, self.dead, self.head = nn.Conv2d(3, live, 1), nn.Conv2d(3, dead, 1), nn.Conv2d(live, 2, 1)
+
+        def forward(self, x):
+            self.dead(x)
+            return self.head(self.live(x))
+    x = torch.randn(1, 3, 4, 4)
+    assert gmlib.zoo.run_cut(Net(8, 64), Net(8, 16), x) == 0.0  # shrinking dead weight is no cut
+    assert gmlib.zoo.run_cut(Net(8, 64), Net(4, 8), x) == pytest.approx(100 * (1 - (16 + 10) / (32 + 18)))  # live conv + head
+
+    class Broken(Net):
+        def forward(self, x):
+            raise RuntimeError("does not run")
+    assert math.isnan(gmlib.zoo.run_cut(Net(8, 8), Broken(4, 8), x))
 
 
 def test_stored_zoo_table_is_computed_once_and_times_out_as_a_timeout(tmp_path):
