@@ -24,8 +24,7 @@ from .utils import package_version
 from .verify import _flat, check_exact, fingerprint
 
 __all__ = ["FAMILIES", "SEGMENTATION", "SMP_ENCODER", "create", "ZooResult", "try_family", "try_torch_pruning",
-           "torch_pruning_step", "zoo_table", "stored_zoo_table", "unused_params", "run_cut",
-           "EXACT_TOL"]
+           "torch_pruning_step", "zoo_table", "stored_zoo_table", "unused_params", "run_cut", "EXACT_TOL"]
 
 EXACT_TOL = 1e-9  # relative, in float64: an exact surgery lands at ~1e-15, a wrong one at >= 1e-3
 
