@@ -16,7 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import metrics
-from .utils import atomic_open, default_device
+from .utils import atomic_open, default_device, release_freed_memory
 
 __all__ = ["bce_dice_loss", "weighted_bce", "soft_dice", "class_sums", "dice_from_sums", "dice_term", "fit", "evaluate",
            "predict", "predictions", "padded_forward", "save_checkpoint", "MONITORS"]
@@ -126,6 +126,8 @@ def predictions(model: nn.Module, loader, *, device=None, pad_to: int = 32):
             with torch.no_grad():
                 probs = torch.sigmoid(padded_forward(model, images.to(device), pad_to)).float().cpu()
             yield probs, masks
+            del probs, images, masks
+            release_freed_memory()  # a streamed pass stays flat (see utils.release_freed_memory)
     finally:
         model.train(was_training)
 
@@ -153,6 +155,8 @@ def evaluate(model: nn.Module, loader, *, device=None, threshold=0.5, min_area=N
         loss_sum += loss_fn(logits, masks.float()).item() * len(images)
         n_images += len(images)
         meter.update(metrics.postprocess(torch.sigmoid(logits), threshold=threshold, min_area=min_area), masks > 0.5)
+        del images, masks, logits
+        release_freed_memory()
     model.train(was_training)
     return {"loss": loss_sum / n_images, **meter.compute()}
 

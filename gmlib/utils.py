@@ -1,5 +1,7 @@
 """Reproducibility set-up shared by notebooks, tests and training: one call fixes seeds, threads and printing;
 environment() records what a run ran on."""
+import ctypes
+import functools
 import os
 import platform
 import random
@@ -13,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["set_deterministic", "default_device", "environment", "atomic_open", "native_stderr_silenced"]
+__all__ = ["set_deterministic", "default_device", "environment", "atomic_open", "native_stderr_silenced",
+           "release_freed_memory"]
 
 
 def set_deterministic(seed: int = 0, threads: int = 2, *, deterministic: bool = True) -> None:
@@ -133,3 +136,20 @@ def native_stderr_silenced():
     finally:
         os.dup2(saved, 2)
         os.close(saved)
+
+
+def release_freed_memory() -> bool:
+    """Hand the heap memory freed so far back to the OS (glibc's malloc_trim); False where there is no glibc.
+
+    glibc raises its mmap threshold each time a large block is freed, so later full-resolution batches land on the
+    heap, which then grows batch after batch; trimming after each batch keeps a streamed pass flat."""
+    trim = _malloc_trim()
+    return bool(trim(0)) if trim else False
+
+
+@functools.cache
+def _malloc_trim():
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl)
+        return None
