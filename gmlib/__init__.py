@@ -5,8 +5,8 @@ yours) -> graph -> planning (`plan`: what prune would do) -> surgery (`apply`, `
 prune -> fine-tune -> evaluate loop; recalibrate re-estimates norm statistics after pruning); store (the committed
 results store); verify (a by-value check of any pruning) and zoo (the CNN families of chapter 09) on surgery; export
 (ONNX, int8) and latency (side-by-side timing) for deployment; data, models, metrics, train beside them; study (the
-chapters' shared set-up), sweeps (chapter 07's grids), compression (chapter 03's stored tables) and deployment (chapter 10's)
-on top.
+chapters' shared set-up), sweeps (chapter 07's grids), compression (chapter 03's stored tables) and deployment
+(chapter 10's) on top.
 """
 import warnings
 

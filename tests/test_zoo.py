@@ -211,7 +211,8 @@ def test_run_cut_counts_each_network_s_own_dead_weight():
             return self.head(self.live(x))
     x = torch.randn(1, 3, 4, 4)
     assert gmlib.zoo.run_cut(Net(8, 64), Net(8, 16), x) == 0.0  # shrinking dead weight is no cut
-    assert gmlib.zoo.run_cut(Net(8, 64), Net(4, 8), x) == pytest.approx(100 * (1 - (16 + 10) / (32 + 18)))  # live conv + head
+    live_and_head = (16 + 10, 32 + 18)  # weights and biases of `live` and `head` at 4 and at 8 channels
+    assert gmlib.zoo.run_cut(Net(8, 64), Net(4, 8), x) == pytest.approx(100 * (1 - live_and_head[0] / live_and_head[1]))
 
     class Broken(Net):
         def forward(self, x):
