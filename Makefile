@@ -4,13 +4,21 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: reproduce grid test unit nbval bench notebooks lab clean
+.PHONY: reproduce grid test unit nbval bench notebooks lab book book-screenshots clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e '.[test,deploy]'
+	$(PY) -m pip install -e '.[test,deploy,book]'
 	touch $(STAMP)
+
+# the book's tools alone (pyproject's `book` extra): it shows the stored outputs, so it needs neither torch nor gmlib
+BOOK_STAMP := $(VENV)/.book-installed
+$(BOOK_STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install $$($(PY) -c "import tomllib; \
+		print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['book']))")
+	touch $(BOOK_STAMP)
 
 # the chapters from the results store (data/store/), computing only missing records; FRESH=1 recomputes them all
 reproduce: $(STAMP)
@@ -48,5 +56,15 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_spellings.py
 	$(PY) benchmarks/bench_pipeline.py  # generates 2,000 and 12,568 full-resolution strips once (~15 min)
 
+# The chapters with their stored outputs (nothing runs) as a static site: open book/_build/html/index.html offline.
+book: $(BOOK_STAMP)
+	$(PY) -m sphinx -b html -j 2 -W --keep-going -q book book/_build/html
+	@echo "The book is in book/_build/html/index.html"
+
+# the README's two pictures of the built book (needs chromium)
+book-screenshots: book
+	$(PY) tests/test_book.py results/book
+
+# results/book/ holds the committed screenshots
 clean:
-	rm -rf results .pytest_cache .hypothesis
+	rm -rf $(filter-out results/book,$(wildcard results/*)) book/_build .pytest_cache .hypothesis
