@@ -1,5 +1,6 @@
 """The chapters as teaching material: every one has a title, a parameters cell, a Summary and exercises with
-answers, and its prose quotes no measured figure that its own outputs do not contain.
+answers, its prose quotes no measured figure that its own outputs do not contain, and its stored outputs are for a
+reader: no progress bars or warnings (nothing on stderr), no nbval markers in the code, no raw reprs.
 
 A figure is a number with decimals or a percentage in a markdown cell (outside code spans, maths and the exercises,
 whose answers derive their own arithmetic). It must appear, within the rounding it is written with, among the numbers
@@ -16,6 +17,7 @@ CHAPTERS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9
 FIGURE = re.compile(r"(?<![\w.×/-])(\d+(?:\.\d+)?)(\s*%)?(?!\w|×|/|\.\d)")
 CITED = re.compile(r"paper|Hao et al|\bNNI\b|He et al|Liu et al|Kaggle data|real (strips|data|Severstal)", re.I)
 NOT_PROSE = re.compile(r"`[^`]*`|\$[^$]*\$|https?://\S+|\d+\s*[×x]\s*\d+")  # code, maths, links, 3×3 and 256x1600
+RAW_REPR = re.compile(r"^Name: .*, dtype: \w+$|^dtype: \w+$|object at 0x[0-9a-f]+|^tensor\(|^<Figure size", re.M)
 SENTENCE = re.compile(r"(?<=[.;:!?])\s+(?=[A-Z(*])|\n\n|\n\s*[-*]\s")
 
 
@@ -58,6 +60,43 @@ def unbacked_in(markdown: str, numbers: list) -> list:
 def unbacked(nb) -> list:
     numbers = measured(nb)
     return [f for cell in nb.cells if cell.cell_type == "markdown" for f in unbacked_in(cell.source, numbers)]
+
+
+def clutter(nb) -> list:
+    """What a reader should not see: anything stored from stderr (progress bars, warnings), an nbval marker left in
+    the code instead of the cell tag `nbval-ignore-output`, and a raw repr as a cell's only rendering."""
+    found = []
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        if "NBVAL_" in cell.source:
+            found.append(f"cell {i}: an nbval comment in the code (tag the cell nbval-ignore-output instead)")
+        for out in cell.get("outputs", []):
+            if out.get("name") == "stderr":
+                found.append(f"cell {i}: stderr stored: {out.text[:60]!r}")
+            data = out.get("data", {})
+            plain = out.get("text", "") if out.output_type == "stream" else data.get("text/plain", "")
+            if (out.output_type == "stream" or set(data) == {"text/plain"}) and RAW_REPR.search(plain):
+                found.append(f"cell {i}: a raw repr: {RAW_REPR.search(plain).group(0)[:60]!r}")
+    return found
+
+
+def test_the_clutter_check_finds_bars_markers_and_reprs():
+    code = nbformat.v4.new_code_cell
+    nb = nbformat.v4.new_notebook(cells=[
+        code("# NBVAL_IGNORE_OUTPUT\nrun()", outputs=[nbformat.v4.new_output("stream", name="stderr", text="7%|▋ ")]),
+        code("s", outputs=[nbformat.v4.new_output("execute_result", data={"text/plain": "a 1\nName: x, dtype: int64"})]),
+        code("t", outputs=[nbformat.v4.new_output("execute_result", data={"text/plain": "<Figure size 640x480>",
+                                                                          "image/png": "iVBOR"})]),
+        code("ok", metadata={"tags": ["nbval-ignore-output"]},
+             outputs=[nbformat.v4.new_output("stream", name="stdout", text="steps: 12\n")])])
+    assert [f.split(":")[0] for f in clutter(nb)] == ["cell 0", "cell 0", "cell 1"]
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_stored_outputs_are_clean(path):
+    found = clutter(nbformat.read(path, as_version=4))
+    assert not found, "\n".join(found)
 
 
 def test_the_checker_flags_an_unbacked_figure_and_spares_cited_ones():
