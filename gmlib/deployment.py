@@ -15,8 +15,7 @@ from . import export, latency
 from .store import Store, frame_rows, record_frame
 from .surgery import prune
 
-__all__ = ["latency_table", "op_breakdown", "int8_table"]
-
+__all__ = ["latency_table", "op_breakdown", "int8_table", "recommendation"]
 
 
 def latency_table(store: Store, arch: str, rates, policies, round_tos, runtimes, size, *, rounds: int,
@@ -68,8 +67,9 @@ def int8_table(study, rate: float, policy: str, round_to: int, *, calibration_ba
                rounds: int = 12, threads: int = 2) -> pd.DataFrame:
     """The trained baseline and its pruned, recalibrated and fine-tuned twin (`study.finetune`'s budget) exported to
     ONNX, quantised to int8 (`export.quantize_int8`, calibrated on `calibration_batches` training batches), each
-    scored on the test strips in ORT and timed (ORT float and int8, median of `rounds`): network, precision, MB,
-    Kaggle and positive-pair Dice, ms, and the speedup over the unpruned float network."""
+    scored on the test strips in ORT and timed (ORT float and int8, median of `rounds`, and the fastest and slowest
+    round): network, precision, MB, Kaggle and positive-pair Dice, ms, ms_min, ms_max, and the speedup over the
+    unpruned float network."""
     base = study.baseline()
     ft = study.finetune_config
     config = {"baseline": base.key, "rate": float(rate), "policy": policy, "round_to": int(round_to),
@@ -98,7 +98,59 @@ def int8_table(study, rate: float, policy: str, round_to: int, *, calibration_ba
             small = latency.measure(models, example, ["ort", "ort-int8"], rounds=rounds, threads=threads,
                                     names=("network",), progress=False)
         small["precision"] = small.runtime.map({"ort": "float32", "ort-int8": "int8"})
-        quant = pd.DataFrame(rows).merge(small[["network", "precision", "ms"]], on=["network", "precision"])
+        quant = pd.DataFrame(rows).merge(small[["network", "precision", "ms", "ms_min", "ms_max"]],
+                                         on=["network", "precision"])
         quant["speedup"] = quant.ms.iloc[0] / quant.ms
         return {"rows": frame_rows(quant)}
     return record_frame(study.store.fetch("int8", config, compute))
+
+
+def _setting(row) -> str:
+    return f"{row.policy}, round_to={row.round_to}, in {row.runtime}"
+
+
+def _timed(row) -> str:
+    """'78 ms (rounds 76-81)': the median and the fastest and slowest round, one decimal under 100 ms."""
+    digits = 0 if row.ms >= 100 else 1
+    return f"{row.ms:.{digits}f} ms (rounds {row.ms_min:.{digits}f}-{row.ms_max:.{digits}f})"
+
+
+def recommendation(table: pd.DataFrame, quant: pd.DataFrame, candidate: dict, *, lossless: float, timed: str,
+                   trained: str) -> str:
+    """Chapter 10's advice rendered from its numbers: at the candidate's rate, the fastest setting of `table` (a
+    `latency_table` of the network `timed`) and whether its lead over the runner-up exceeds the spread over rounds,
+    the best of each policy in ORT, where the candidate stands, and from `quant` (an `int8_table` of the network
+    `trained`) what the candidate costs in Dice against `lossless` (chapter 07's bar) and what int8 adds."""
+    at = table[(table.rate == candidate["rate"]) & (table.policy != "—")].sort_values("ms")
+    if at.empty:
+        raise ValueError(f"the latency table has no row at the candidate's rate {candidate['rate']!r}")
+    best, second = at.iloc[0], at.iloc[1]
+    lead = ("its slowest round beats the runner-up's fastest" if best.ms_max < second.ms_min else
+            "within the spread over rounds, so the two are not told apart here")
+    ort = at[at.runtime == "ort"]
+    by_policy = {p: ort[ort.policy == p].iloc[0] for p in ort.policy.unique()}
+    pick = at[(at.policy == candidate["policy"]) & (at.round_to == candidate["round_to"]) & (at.runtime == "ort")]
+    if pick.empty:
+        raise ValueError(f"the latency table has no ORT row for the candidate {candidate!r}")
+    pick = pick.iloc[0]
+    q = quant.set_index(["network", "precision"])
+    loss = {m: q.loc[("unpruned", "float32"), m] - q.loc[("pruned", "float32"), m]
+            for m in ("Kaggle Dice", "positive-pair Dice")}
+    int8 = q.loc[("pruned", "int8")]
+    fp32 = q.loc[("pruned", "float32")]
+    verdict = "within" if loss["positive-pair Dice"] <= lossless else "beyond"
+    policies = "; ".join(f"{p}: round_to={r.round_to}, {_timed(r)}, {r.realised:.2f}× the unpruned network"
+                         for p, r in by_policy.items())
+    where = ("is that fastest setting" if pick.name == best.name else
+             f"runs in {_timed(pick)} in ORT, {pick.ms / best.ms:.2f}× the fastest setting's time")
+    return (
+        f"**Timed on {timed}, at {candidate['rate']:.0%} the fastest setting is {_setting(best)}: {_timed(best)}, "
+        f"{best.realised:.2f}× the unpruned network in that runtime.** The runner-up, {_setting(second)}, takes "
+        f"{_timed(second)}: the lead is {lead}. The best of each policy in ORT: {policies}. "
+        f"The candidate taken to int8 below ({candidate['policy']}, round_to={candidate['round_to']}) {where}.\n\n"
+        f"**Its Dice is measured on another network: {trained}, trained in chapter 05.** Pruned to the candidate "
+        f"and fine-tuned with chapter 07's budget, it loses {loss['Kaggle Dice']:.3f} Kaggle and "
+        f"{loss['positive-pair Dice']:.3f} positive-pair Dice, {verdict} chapter 07's bar of {lossless:g} for "
+        f"\"nearly lossless\". int8 then changes its positive-pair Dice by "
+        f"{round(int8['positive-pair Dice'] - fp32['positive-pair Dice'], 3) + 0:+.3f} and its ORT time from "
+        f"{_timed(fp32)} to {_timed(int8)}, {fp32.ms / int8.ms:.2f}× faster.")

@@ -91,7 +91,8 @@ def measure(variants: dict, x: torch.Tensor, runtimes=("eager", "ort"), *, round
     """Median latency of every model in `variants` (key -> eval-mode nn.Module, CPU) on input `x`, in each runtime.
 
     Returns one row per (variant, runtime): the key spread over the columns `names` (a tuple key, one name per
-    entry), runtime, ms, and error (max relative difference of the runtime's output from eager PyTorch's).
+    entry), runtime, ms (the median over rounds), ms_min and ms_max (the fastest and slowest round), and error (max
+    relative difference of the runtime's output from eager PyTorch's).
     `calibration`: batches for ort-int8 (default four seeded random batches shaped like x); threads: ONNX Runtime's
     intra-op threads (PyTorch's are set by the caller, e.g. gmlib.set_deterministic).
     """
@@ -123,7 +124,7 @@ def measure(variants: dict, x: torch.Tensor, runtimes=("eager", "ort"), *, round
     for (key, runtime), t in times.items():
         fields = key if isinstance(key, tuple) else (key,)
         rows.append({**dict(zip(names, fields)), "runtime": runtime, "ms": 1e3 * statistics.median(t),
-                     "error": errors[key, runtime]})
+                     "ms_min": 1e3 * min(t), "ms_max": 1e3 * max(t), "error": errors[key, runtime]})
     return pd.DataFrame(rows)
 
 

@@ -26,7 +26,7 @@ __all__ = ["VERSIONS", "Store", "Record", "StoreError", "MissingRecord", "record
 # One version per experiment kind: what a record of that kind holds and how it is computed. A change of the code an
 # experiment runs (its recipe, its metric, its data) bumps it; tests/test_store.py recomputes one cheap record for
 # real and compares it with the committed one, so a change that forgets the bump shows there.
-VERSIONS = {"baseline": 1, "pruned": 1, "finetuned": 1, "scratch": 1, "iterative": 1, "latency": 1, "int8": 1,
+VERSIONS = {"baseline": 1, "pruned": 1, "finetuned": 1, "scratch": 1, "iterative": 1, "latency": 2, "int8": 2,
             "zoo": 1, "sensitivity": 1, "allocation": 1, "compression": 1}
 READONLY_ENV = "GMLIB_STORE_READONLY"  # "1": missing records are errors (set by `make nbval`)
 FRESH_MARKER = "FRESH"  # <root>/FRESH holds a time: records made before it count as missing (make reproduce FRESH=1)

@@ -43,3 +43,37 @@ def test_int8_table_on_the_smoke_baseline(tmp_path):
     assert quant.speedup.iloc[0] == 1.0 and (quant.MB.iloc[[1, 3]].to_numpy() < quant.MB.iloc[[0, 2]].to_numpy()).all()
     assert len(study.store.records("int8")) == 1
     assert deployment.int8_table(study, 0.4, "coupled", 8, calibration_batches=2, rounds=1, threads=1).equals(quant)
+
+
+def _timings(rows):
+    """A latency_table-shaped frame: (policy, round_to, runtime, ms, ms_min, ms_max, realised) at rate 0.4."""
+    import pandas as pd
+    return pd.DataFrame([dict(rate=0.4, policy=p, round_to=r, runtime=rt, ms=ms, ms_min=lo, ms_max=hi,
+                              realised=200 / ms) for p, r, rt, ms, lo, hi in rows])
+
+
+def _int8(pruned_positive):
+    import pandas as pd
+    rows = [("unpruned", "float32", 0.97, 0.80, 20.0), ("unpruned", "int8", 0.97, 0.80, 12.0),
+            ("pruned", "float32", 0.96, pruned_positive, 10.0), ("pruned", "int8", 0.96, pruned_positive, 8.0)]
+    return pd.DataFrame([dict(network=n, precision=p, **{"Kaggle Dice": k, "positive-pair Dice": d}, ms=ms,
+                              ms_min=ms - 1, ms_max=ms + 1) for n, p, k, d, ms in rows])
+
+
+def test_the_recommendation_says_what_the_numbers_show():
+    candidate = {"rate": 0.4, "policy": "coupled", "round_to": 16}
+    close = _timings([("coupled", 16, "ort", 100, 95, 110), ("coupled", 1, "ort", 104, 99, 112),
+                      ("or-merge", 16, "ort", 150, 140, 160), ("coupled", 16, "eager", 180, 170, 190)])
+    text = deployment.recommendation(close, _int8(0.78), candidate, lossless=0.03, timed="net A", trained="net B")
+    assert "fastest setting is coupled, round_to=16, in ort: 100 ms (rounds 95-110)" in text
+    assert "not told apart" in text and "is that fastest setting" in text
+    assert "loses 0.010 Kaggle and 0.020 positive-pair Dice, within chapter 07's bar of 0.03" in text
+    assert "1.25× faster" in text and "net A" in text and "net B" in text
+
+    clear = _timings([("coupled", 1, "ort", 90, 88, 92), ("coupled", 16, "ort", 100, 95, 110)])
+    text = deployment.recommendation(clear, _int8(0.70), candidate, lossless=0.03, timed="A", trained="B")
+    assert "coupled, round_to=1, in ort: 90.0 ms (rounds 88.0-92.0)" in text and "slowest round beats" in text
+    assert "1.11× the fastest setting's time" in text and "beyond chapter 07's bar" in text
+    with pytest.raises(ValueError, match="rate 0.6"):
+        deployment.recommendation(clear, _int8(0.7), {**candidate, "rate": 0.6}, lossless=0.03, timed="A",
+                                  trained="B")

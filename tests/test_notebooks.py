@@ -32,6 +32,43 @@ def figures(markdown: str):
                 yield m.group(1), bool(m.group(2)), " ".join(sentence.split())
 
 
+MULTIPLE = re.compile(r"(?<![\w.×/-])(\d+(?:\.\d+)?)\s*×(?!\s*\d)")  # "1.63× faster", not "3 × 4"
+RATIO_WORDS = {r"\btwice\b|\bdoubles?\b|\bdoubled\b|\btwo times\b": 2.0, r"\bhalves\b|\bhalf as\b": 0.5,
+               r"\bthree times\b|\btriples?\b": 3.0}
+VERSUS = re.compile(r"(\d+(?:\.\d+)?)\s*(?:ms\s*)?(?:vs\.?|versus|against)\s*(\d+(?:\.\d+)?)\s*ms")
+
+
+def sentences(markdown: str):
+    """The prose sentences of `markdown` that quote this work's own numbers: no code, maths, cited or exercises."""
+    prose = NOT_PROSE.sub(" ", markdown.split("## Exercises")[0])
+    return [" ".join(s.split()) for s in SENTENCE.split(prose) if not CITED.search(s)]
+
+
+def comparisons_contradicted(markdown: str) -> list:
+    """Sentences whose comparison its own numbers contradict, where the sentence holds what it takes to check it:
+    "twice" / "doubles" / "halves" / "three times" next to two figures none of whose ratios is within 10 % of it,
+    and "faster" / "slower" next to "a vs b ms" that says the opposite (the first named is the subject)."""
+    out = []
+    for sentence in sentences(markdown):
+        values = [float(m.group(1)) for m in FIGURE.finditer(sentence) if "." in m.group(1)]
+        values += [float(v) for v in MULTIPLE.findall(sentence)]
+        for words, factor in RATIO_WORDS.items():
+            if re.search(words, sentence, re.I) and len(values) >= 2:
+                ratios = [a / b for a in values for b in values if b and a is not b]
+                if not any(abs(r / factor - 1) <= 0.1 for r in ratios):
+                    out.append(f"{factor:g}x not among the ratios of {values}: {sentence[:160]}")
+        for a, b in VERSUS.findall(sentence):
+            faster, slower = re.search(r"\bfast", sentence, re.I), re.search(r"\bslow", sentence, re.I)
+            if faster and not slower and float(a) > float(b) or slower and not faster and float(a) < float(b):
+                out.append(f"{a} vs {b} ms contradicts the sentence: {sentence[:160]}")
+    return out
+
+
+def multiples(markdown: str):
+    """(value, sentence) for every "N×" the prose quotes (speedups, ratios), cited sentences and exercises left out."""
+    return [(m.group(1), s) for s in sentences(markdown) for m in MULTIPLE.finditer(s)]
+
+
 def measured(nb) -> list:
     """Every number in the stored outputs and in the parameters cell."""
     texts = []
@@ -47,9 +84,11 @@ def measured(nb) -> list:
 
 
 def unbacked_in(markdown: str, numbers: list) -> list:
-    """The figures of `markdown` that none of `numbers` backs, within the rounding they are written with."""
+    """The figures and multiples ("1.63×") of `markdown` that none of `numbers` backs, within the rounding they are
+    written with."""
     out = []
-    for value, percent, sentence in figures(markdown):
+    quoted = [*figures(markdown), *((v, False, s) for v, s in multiples(markdown) if "." in v)]
+    for value, percent, sentence in quoted:
         x = float(value)
         tol = 0.5 * 10 ** -(len(value.split(".")[1]) if "." in value else 0) + 1e-12
         if not any(abs(n - x) <= tol or (percent and abs(100 * n - x) <= tol) for n in numbers):
@@ -109,6 +148,34 @@ def test_the_checker_flags_an_unbacked_figure_and_spares_cited_ones():
                             "63.3 % in: It then falls to 0.777, and params by 63.3 %."]
 
 
+def test_the_comparison_check_catches_a_twice_and_a_faster_that_the_numbers_deny():
+    text = ("Coupled buys about twice the speedup of or-merge (2.19 vs 1.62). Then int8 doubles it: 1.6× against 0.8×. "
+            "The exact widths are faster (90 vs 111 ms). The rounded ones are faster (111 vs 90 ms). "
+            "It is twice as big. The paper's network is twice as fast at 2.5 vs 1.1.")
+    found = comparisons_contradicted(text)
+    assert len(found) == 2 and "2.19, 1.62" in found[0] and found[1].startswith("111 vs 90 ms")
+
+
+def test_a_multiple_the_outputs_do_not_hold_is_unbacked():
+    assert unbacked_in("It runs 1.63× faster, in a file 9× smaller.", [1.6301]) == []
+    assert unbacked_in("It runs 1.73× faster.", [1.6301]) == ["1.73 in: It runs 1.73× faster."]
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_comparisons_agree_with_their_numbers(path):
+    nb = nbformat.read(path, as_version=4)
+    texts = [c.source for c in nb.cells if c.cell_type == "markdown"]
+    texts += ["".join(o.get("data", {}).get("text/markdown", "")) for c in nb.cells if c.cell_type == "code"
+              for o in c.get("outputs", [])]
+    found = [f for t in texts for f in comparisons_contradicted(t)]
+    assert not found, "\n".join(found)
+
+
+def test_readme_comparisons_agree_with_their_numbers():
+    found = comparisons_contradicted((Path(__file__).resolve().parents[1] / "README.md").read_text())
+    assert not found, "\n".join(found)
+
+
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
 def test_prose_quotes_only_figures_the_chapter_produces(path):
     assert not unbacked(nbformat.read(path, as_version=4)), "\n".join(unbacked(nbformat.read(path, as_version=4)))
@@ -140,4 +207,16 @@ def test_readme_findings_quote_only_figures_the_chapters_produce():
     chapters = [nbformat.read(p, as_version=4) for p in CHAPTERS if "05" <= p.stem[:2] <= "12"]
     assert list(figures(section.group(1))), "the Findings quote no figure at all"
     missing = unbacked_in(section.group(1), [n for nb in chapters for n in measured(nb)])
+    assert not missing, "\n".join(missing)
+
+
+def test_readme_deployment_advice_quotes_only_what_chapter_10_measured():
+    """The README's advice for deployment is chapter 10's: every figure and multiple in it is among that chapter's
+    stored outputs or parameters, within its rounding."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    advice = re.search(r"^\*\*For deployment.*?(?=\n\n|\n`gmlib.latency`)", readme, re.S | re.M)
+    assert advice, "README.md has the '**For deployment' paragraph"
+    chapter = nbformat.read(next(p for p in CHAPTERS if p.stem.startswith("10_")), as_version=4)
+    assert len(list(figures(advice.group(0)))) + len(multiples(advice.group(0))) >= 4, "the advice quotes its numbers"
+    missing = unbacked_in(advice.group(0), measured(chapter))
     assert not missing, "\n".join(missing)
