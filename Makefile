@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: reproduce grid test unit nbval bench notebooks lab book book-screenshots clean
+.PHONY: reproduce grid test unit nbval bench notebooks lab student book book-screenshots clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ notebooks: $(STAMP)
 lab: $(STAMP)
 	$(PY) -m ipykernel install --sys-prefix --name gmlib --display-name "Python (gmlib)"
 	$(VENV)/bin/jupyter lab notebooks/
+
+# Student copies of the chapters in results/student/: the cells tagged `solution` (the worked answers) left out.
+student: $(STAMP)
+	$(PY) scripts/student_copy.py
 
 bench: $(STAMP)
 	$(PY) -m pip install -e '.[bench]'
