@@ -59,6 +59,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_segmentation.py
 	$(PY) benchmarks/bench_spellings.py
 	$(PY) benchmarks/bench_pipeline.py  # generates 2,000 and 12,568 full-resolution strips once (~15 min)
+	$(PY) benchmarks/bench_train_speed.py  # this checkout against the commit before the paper pipeline
 
 # The chapters with their stored outputs (nothing runs) as a static site: open book/_build/html/index.html offline.
 book: $(BOOK_STAMP)
