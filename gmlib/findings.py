@@ -140,11 +140,14 @@ def verdict_markdown(found: dict, *, lossless: float, low_rates=(0.1, 0.2, 0.3),
         low = [r for r in low_rates if r in at]
         high = [r for r in high_rates if r in at]
         fmt = ", ".join(f"{r:.0%}: {at[r]['loss']:+.3f} ± {at[r]['ci']:.3f}" for r in sorted(at))
-        if low:
+        if low:  # nearly lossless: the interval lies below the bar; not: it lies above; else undecided
             kept = [r for r in low if at[r]["nearly_lossless"]]
-            low_text = (f"nearly lossless at {_rates(low)}" if len(kept) == len(low) else
-                        f"not shown to be nearly lossless at {_rates(set(low) - set(kept))}"
-                        + (f" (it is at {_rates(kept)})" if kept else ""))
+            lost = [r for r in low if at[r]["degrades"]]
+            open_ = sorted(set(low) - set(kept) - set(lost))
+            parts = [(kept, f"nearly lossless at {_rates(kept)}"),
+                     (lost, f"not nearly lossless at {_rates(lost)} (the whole interval above the bar)"),
+                     (open_, f"undecided at {_rates(open_)}")]
+            low_text = ", ".join(text for rates, text in sorted(parts, key=lambda p: min(p[0], default=1)) if rates)
         else:
             low_text = "not tested at 10-30 %"
         if high:

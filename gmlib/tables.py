@@ -9,7 +9,16 @@ STAGES = {"before": "pruned", "recal": "recalibrated", "after": "fine-tuned"}
 WORDS = {"macs_reduction": "MACs removed (%)", "params_reduction": "params removed (%)", "params": "params",
          "step_rate": "this step's rate", "within_tolerance": "within the end condition", "train_loss": "training loss",
          "val_loss": "validation loss", "lr": "learning rate", "best": "best so far", "rate": "rate",
-         "steps": "fine-tuning steps", "seeds": "seeds", "criterion": "criterion", "policy": "policy"}
+         "steps": "fine-tuning steps", "seeds": "seeds", "criterion": "criterion", "policy": "policy",
+         "pairs": "seed pairs", "other": "against", "ci": "95 % CI ±",
+         # a pruning report (PruneReport.to_frame)
+         "name": "layer", "in_before": "inputs before", "in_after": "inputs after", "out_before": "outputs before",
+         "out_after": "outputs after", "note": "note",
+         # the data's class statistics (chapter 04) and the post-processing (chapter 05)
+         "class_id": "class", "images": "images", "image_share": "share of images",
+         "mean_area_pct": "mean mask area (%)", "real_image_share": "real share of images",
+         "real_mean_area_pct": "real mean mask area (%)", "min_area": "minimum area (px)", "threshold": "threshold",
+         "min_area_full_res": "minimum area at full resolution (px)"}
 
 
 def name_for_people(column: str) -> str:

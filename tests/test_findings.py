@@ -41,9 +41,11 @@ def test_answers_and_the_verdict_text():
     text = findings.verdict_markdown(found, lossless=0.05, low_rates=(0.1,), high_rates=(0.5,))
     assert "nearly lossless at 10% and degrades at 50%" in text and "level in 2" in text
     assert "is not tested past 40 %" in findings.verdict_markdown(found, lossless=0.05, high_rates=(0.9,))
-    strict = findings.answers(points(0.0), {"dice_positive": 0.6}, lossless=0.01)
-    assert "not shown to be nearly lossless at 10%" in findings.verdict_markdown(strict, lossless=0.01,
-                                                                               low_rates=(0.1,), high_rates=(0.5,))
+    strict = findings.answers(points(0.0), {"dice_positive": 0.6}, lossless=0.01)  # 10 %: 0.020 ± 0.005
+    assert "not nearly lossless at 10% (the whole interval above the bar)" in findings.verdict_markdown(
+        strict, lossless=0.01, low_rates=(0.1,), high_rates=(0.5,))
+    close = findings.answers(points(0.0), {"dice_positive": 0.6}, lossless=0.02)  # the bar inside the interval
+    assert "undecided at 10%" in findings.verdict_markdown(close, lossless=0.02, low_rates=(0.1,), high_rates=(0.5,))
 
 
 def test_the_verdict_is_given_for_every_budget_and_names_it_in_epochs():
