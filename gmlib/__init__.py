@@ -6,8 +6,7 @@ prune -> fine-tune -> evaluate loop; recalibrate re-estimates norm statistics af
 results store); verify (a by-value check of any pruning) and zoo (the CNN families of chapter 09) on surgery; export
 (ONNX, int8) and latency (side-by-side timing) for deployment; data, models, metrics, train beside them; study (the
 chapters' shared set-up), sweeps (chapter 07's grids), compression (chapter 03's stored tables) and deployment
-(chapter 10's) on top; palette, diagram and tables (the book's colours, drawings and column names)
-beside them.
+(chapter 10's) on top; palette, diagram and tables (the book's colours, drawings and column names) beside them.
 """
 import warnings
 
@@ -28,7 +27,8 @@ from .schedule import one_shot, iterative
 from .recalibrate import recalibrate_bn
 from .store import Store
 from .utils import set_deterministic, default_device, environment
-from . import models, data, metrics, train, verify, zoo, export, latency, distributed, palette, diagram, tables
+from . import models, data, metrics, train, verify, zoo, export, latency, distributed
+from . import palette, diagram, tables
 from .study import Study
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "count", "prune", "plan", "apply", "allocate", "Allocation", "Plan", "CouplingSet", "PruneReport", "register_rule", "rules", "save_pruned", "load_pruned",
     "one_shot", "iterative", "recalibrate_bn", "Study", "Store",
     "set_deterministic", "default_device", "environment",
-    "models", "data", "metrics", "train", "verify", "zoo", "export", "latency", "distributed", "palette", "diagram", "tables",
+    "models", "data", "metrics", "train", "verify", "zoo", "export", "latency", "distributed",
+    "palette", "diagram", "tables",
 ]
 __version__ = "0.1.0"

@@ -124,9 +124,14 @@ def recommendation(table: pd.DataFrame, quant: pd.DataFrame, candidate: dict, *,
     at = table[(table.rate == candidate["rate"]) & (table.policy != "—")].sort_values("ms")
     if at.empty:
         raise ValueError(f"the latency table has no row at the candidate's rate {candidate['rate']!r}")
-    best, second = at.iloc[0], at.iloc[1]
-    lead = ("its slowest round beats the runner-up's fastest" if best.ms_max < second.ms_min else
-            "within the spread over rounds, so the two are not told apart here")
+    best = at.iloc[0]
+    if len(at) > 1:
+        second = at.iloc[1]
+        lead = ("its slowest round beats the runner-up's fastest" if best.ms_max < second.ms_min else
+                "within the spread over rounds, so the two are not told apart here")
+        runner_up = f"The runner-up, {_setting(second)}, takes {_timed(second)}: the lead is {lead}. "
+    else:
+        runner_up = "It is the only setting timed at this rate. "
     ort = at[at.runtime == "ort"]
     by_policy = {p: ort[ort.policy == p].iloc[0] for p in ort.policy.unique()}
     pick = at[(at.policy == candidate["policy"]) & (at.round_to == candidate["round_to"]) & (at.runtime == "ort")]
@@ -145,8 +150,8 @@ def recommendation(table: pd.DataFrame, quant: pd.DataFrame, candidate: dict, *,
              f"runs in {_timed(pick)} in ORT, {pick.ms / best.ms:.2f}× the fastest setting's time")
     return (
         f"**Timed on {timed}, at {candidate['rate']:.0%} the fastest setting is {_setting(best)}: {_timed(best)}, "
-        f"{best.realised:.2f}× the unpruned network in that runtime.** The runner-up, {_setting(second)}, takes "
-        f"{_timed(second)}: the lead is {lead}. The best of each policy in ORT: {policies}. "
+        f"{best.realised:.2f}× the unpruned network in that runtime.** {runner_up}"
+        f"The best of each policy in ORT: {policies}. "
         f"The candidate taken to int8 below ({candidate['policy']}, round_to={candidate['round_to']}) {where}.\n\n"
         f"**Its Dice is measured on another network: {trained}, trained in chapter 05.** Pruned to the candidate "
         f"and fine-tuned with chapter 07's budget, it loses {loss['Kaggle Dice']:.3f} Kaggle and "

@@ -74,6 +74,8 @@ def test_the_recommendation_says_what_the_numbers_show():
     text = deployment.recommendation(clear, _int8(0.70), candidate, lossless=0.03, timed="A", trained="B")
     assert "coupled, round_to=1, in ort: 90.0 ms (rounds 88.0-92.0)" in text and "slowest round beats" in text
     assert "1.11× the fastest setting's time" in text and "beyond chapter 07's bar" in text
+    alone = deployment.recommendation(clear.iloc[1:], _int8(0.78), candidate, lossless=0.03, timed="A", trained="B")
+    assert "the only setting timed" in alone and "is that fastest setting" in alone
     with pytest.raises(ValueError, match="rate 0.6"):
         deployment.recommendation(clear, _int8(0.7), {**candidate, "rate": 0.6}, lossless=0.03, timed="A",
                                   trained="B")
