@@ -2,7 +2,7 @@
 chapter shows them as words, e.g. dice_positive_after_ci -> "positive-pair Dice, fine-tuned (95 % CI ±)"."""
 import pandas as pd
 
-__all__ = ["name_for_people", "for_people"]
+__all__ = ["METRICS", "STAGES", "name_for_people", "for_people"]
 
 METRICS = {"dice_kaggle": "Kaggle Dice", "dice_positive": "positive-pair Dice"}
 STAGES = {"before": "pruned", "recal": "recalibrated", "after": "fine-tuned"}
