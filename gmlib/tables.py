@@ -11,8 +11,8 @@ WORDS = {"macs_reduction": "MACs removed (%)", "params_reduction": "params remov
          "val_loss": "validation loss", "lr": "learning rate", "best": "best so far", "rate": "rate",
          "steps": "fine-tuning steps", "seeds": "seeds", "criterion": "criterion", "policy": "policy",
          "pairs": "seed pairs", "other": "against", "ci": "95 % CI ±",
-         # a pruning report (PruneReport.to_frame)
-         "name": "layer", "in_before": "inputs before", "in_after": "inputs after", "out_before": "outputs before",
+         # a pruning report (PruneReport.to_frame; its "name" is a layer's, which only the caller can say)
+         "in_before": "inputs before", "in_after": "inputs after", "out_before": "outputs before",
          "out_after": "outputs after", "note": "note",
          # the data's class statistics (chapter 04) and the post-processing (chapter 05)
          "class_id": "class", "images": "images", "image_share": "share of images",

@@ -18,11 +18,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from helpers.chapters import CHAPTERS, PARTS, is_solution
+
 ROOT = Path(__file__).resolve().parents[1]
-CHAPTERS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 SCRIPT = ROOT / "scripts" / "student_copy.py"
-PARTS = {"I · The method": range(1, 4), "II · Reproducing the paper": range(4, 9),
-         "III · Beyond the paper": range(9, 13)}
 LABELS = ("**Learning objectives.** After this chapter you can", "**Prerequisites:**", "**Study time:**",
           "**Compute time:**")
 ASSIGNMENT = re.compile(r"`([A-Z][A-Z0-9_]*) = ([^`]+)`")
@@ -42,7 +41,7 @@ def readme_compute_times() -> dict:
 
 
 def part_of(number: int) -> str:
-    return next(name for name, chapters in PARTS.items() if number in chapters)
+    return next(name for name, chapters in PARTS.items() if f"{number:02d}" in chapters)
 
 
 def parameters(nb) -> dict:
@@ -50,10 +49,6 @@ def parameters(nb) -> dict:
     cell, = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     return {t.id: ast.literal_eval(node.value) for node in ast.parse(cell.source).body if isinstance(node, ast.Assign)
             for t in node.targets if isinstance(t, ast.Name)}
-
-
-def is_solution(cell) -> bool:
-    return "solution" in cell.metadata.get("tags", [])
 
 
 def exercises_index(nb):
@@ -294,7 +289,7 @@ def test_make_student_is_a_target_and_documented():
 
 
 def test_the_parts_are_the_readmes():
-    """The boxes' parts (PARTS above) are the ones the README's chapter table gives each chapter."""
+    """The boxes' parts (helpers.chapters.PARTS) are the ones the README's chapter table gives each chapter."""
     table = readme_table()
     assert {chapter: part for chapter, (part, _) in table.items()} == {
-        f"{n:02d}": name for name, chapters in PARTS.items() for n in chapters}
+        n: name for name, chapters in PARTS.items() for n in chapters}

@@ -14,7 +14,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-CHAPTERS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+from helpers.chapters import CHAPTERS, is_solution
+
 FIGURE = re.compile(r"(?<![\w.×/-])(\d+(?:\.\d+)?)(\s*%)?(?!\w|×|/|\.\d)")
 CITED = re.compile(r"paper|Hao et al|\bNNI\b|He et al|Liu et al|Kaggle data|real (strips|data|Severstal)", re.I)
 NOT_PROSE = re.compile(r"`[^`]*`|\$[^$]*\$|https?://\S+|\d+\s*[×x]\s*\d+")  # code, maths, links, 3×3 and 256x1600
@@ -22,27 +23,24 @@ RAW_REPR = re.compile(r"^Name: .*, dtype: \w+$|^dtype: \w+$|object at 0x[0-9a-f]
 SENTENCE = re.compile(r"(?<=[.;:!?])\s+(?=[A-Z(*])|\n\n|\n\s*[-*]\s")
 
 
+def sentences(markdown: str):
+    """The prose sentences of `markdown` that quote this work's own numbers: no code, maths, cited or exercises."""
+    prose = NOT_PROSE.sub(" ", markdown.split("## Exercises")[0])
+    return [" ".join(s.split()) for s in SENTENCE.split(prose) if not CITED.search(s)]
+
+
 def figures(markdown: str):
     """(value, is_percentage, sentence) for every figure the prose quotes, cited sentences and exercises left out."""
-    prose = NOT_PROSE.sub(" ", markdown.split("## Exercises")[0])
-    for sentence in SENTENCE.split(prose):
-        if CITED.search(sentence):
-            continue
+    for sentence in sentences(markdown):
         for m in FIGURE.finditer(sentence):
             if "." in m.group(1) or m.group(2):
-                yield m.group(1), bool(m.group(2)), " ".join(sentence.split())
+                yield m.group(1), bool(m.group(2)), sentence
 
 
 MULTIPLE = re.compile(r"(?<![\w.×/-])(\d+(?:\.\d+)?)\s*×(?!\s*\d)")  # "1.63× faster", not "3 × 4"
 RATIO_WORDS = {r"\btwice\b|\bdoubles?\b|\bdoubled\b|\btwo times\b": 2.0, r"\bhalves\b|\bhalf as\b": 0.5,
                r"\bthree times\b|\btriples?\b": 3.0}
 VERSUS = re.compile(r"(\d+(?:\.\d+)?)\s*(?:ms\s*)?(?:vs\.?|versus|against)\s*(\d+(?:\.\d+)?)\s*ms")
-
-
-def sentences(markdown: str):
-    """The prose sentences of `markdown` that quote this work's own numbers: no code, maths, cited or exercises."""
-    prose = NOT_PROSE.sub(" ", markdown.split("## Exercises")[0])
-    return [" ".join(s.split()) for s in SENTENCE.split(prose) if not CITED.search(s)]
 
 
 def comparisons_contradicted(markdown: str) -> list:
@@ -95,11 +93,6 @@ def unbacked_in(markdown: str, numbers: list) -> list:
         if not any(abs(n - x) <= tol or (percent and abs(100 * n - x) <= tol) for n in numbers):
             out.append(f"{value}{' %' if percent else ''} in: {sentence[:160]}")
     return out
-
-
-def is_solution(cell) -> bool:
-    """A cell of worked answers (tagged `solution`): its arithmetic is its own, and student copies drop it."""
-    return "solution" in cell.metadata.get("tags", [])
 
 
 def prose(nb) -> list:
