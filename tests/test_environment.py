@@ -15,7 +15,8 @@ def _name(req):
 
 def _pyproject():
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    reqs = meta["dependencies"] + meta["optional-dependencies"]["test"] + meta["optional-dependencies"]["deploy"]
+    reqs = meta["dependencies"] + meta["optional-dependencies"]["test"] + meta["optional-dependencies"]["deploy"] + \
+        meta["optional-dependencies"]["real"]
     return {_name(r): r.replace(" ", "") for r in reqs}
 
 

@@ -1,0 +1,366 @@
+"""The real-data arm: the study's questions asked of an ImageNet-pretrained MobileNetV2 on real solar-cell defects.
+
+Every experiment is a store record keyed by its whole configuration: the baselines (pretrained or random init, at a
+resolution), each pruned point (scores right after pruning and after BatchNorm recalibration, and how much of the
+baseline's function it keeps on the test cells), each fine-tuned point and each from-fresh-weights control.
+Validation cells choose (best epoch, learning rate); the test cells only report.
+"""
+import copy
+import dataclasses
+import time
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from . import pretrained as weights
+from .complexity import count
+from .classify import agreement, balanced_class_weights, class_probabilities, classifier_scores, fit_classifier
+from .data.elpv import PROBABILITIES, ElpvDataset, elpv_split, load_elpv
+from .recalibrate import recalibrate_bn
+from .store import Store
+from .surgery import prune
+from .utils import default_device
+
+__all__ = ["ElpvRecipe", "ElpvBaseline", "ElpvStudy", "fresh_init", "DESIGN", "chosen_lr", "planned_points"]
+
+N_GRADES = len(PROBABILITIES)
+RECAL_SEED = 10_000  # the training batches that re-estimate BatchNorm statistics: the same for every pruned network
+
+
+@dataclass(frozen=True)
+class ElpvRecipe:
+    """Everything that decides a baseline: split, resolution, network start and training recipe."""
+    size: int = 128             # cells are resized once from 300 x 300
+    pretrained: bool = True     # ImageNet weights (checked file) or torchvision's random init
+    epochs: int = 16
+    lr: float = 1e-3            # AdamW one-cycle peak
+    weight_decay: float = 1e-4
+    batch_size: int = 32
+    seed: int = 0               # head init, batches, augmentation
+    split_seed: int = 0
+    val_fraction: float = 0.15  # of the train part, for every choice
+    test_fraction: float = 0.25
+    recal_batches: int = 10     # after pruning
+
+
+@dataclass
+class ElpvBaseline:
+    """A trained baseline: network (eval mode, fp16-rounded weights), its scores and learning curve."""
+    model: nn.Module
+    val: dict
+    test: dict
+    history: pd.DataFrame
+    key: str
+    seconds: float
+    macs: int
+    params: int
+
+
+def fresh_init(model: nn.Module, seed: int) -> nn.Module:
+    """Fresh random weights in place, with torchvision's MobileNetV2 initialisation (conv: Kaiming normal, fan out;
+    norms: 1 and 0; linear: N(0, 0.01)), whatever the widths: the from-scratch control of Liu et al. (2019)."""
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            fan_out = m.out_channels * m.kernel_size[0] * m.kernel_size[1] // m.groups
+            with torch.no_grad():
+                m.weight.normal_(0.0, (2.0 / fan_out) ** 0.5, generator=gen)
+                if m.bias is not None:
+                    m.bias.zero_()
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.ones_(m.weight), nn.init.zeros_(m.bias)
+            if isinstance(m, nn.BatchNorm2d):
+                m.reset_running_stats()
+        elif isinstance(m, nn.Linear):
+            with torch.no_grad():
+                m.weight.normal_(0.0, 0.01, generator=gen)
+                m.bias.zero_()
+    return model
+
+
+class ElpvStudy:
+    """ELPV's split, loaders and stored experiments on MobileNetV2.
+
+    Args:
+        store_dir: the results store (read-only under GMLIB_STORE_READONLY=1).
+        recipe: the baseline's ElpvRecipe; fields can be overridden by keyword (a new configuration, a new key).
+        data_root: a folder in the elpv_dataset layout (default: the installed package); `limit` reads only the
+            first n cells (the tests' smoke path).
+    """
+
+    def __init__(self, store_dir="../data/store", recipe: ElpvRecipe = ElpvRecipe(), *, data_root=None,
+                 limit: int | None = None, device=None, progress: bool = True, **overrides):
+        fields = {f.name for f in dataclasses.fields(ElpvRecipe)}
+        unknown = sorted(set(overrides) - fields)
+        if unknown:
+            raise ValueError(f"unknown ElpvRecipe field(s) {', '.join(unknown)}; choose from {', '.join(sorted(fields))}")
+        self.recipe = dataclasses.replace(recipe, **overrides)
+        self.store, self.progress = Store(store_dir), progress
+        self.device = torch.device(device) if device is not None else default_device()
+        self.data = load_elpv(data_root, limit)
+        r = self.recipe
+        self.train_idx, self.val_idx, self.test_idx = elpv_split(
+            self.data.classes, self.data.types, test_fraction=r.test_fraction, val_fraction=r.val_fraction,
+            seed=r.split_seed)
+        self.train_set = ElpvDataset(self.data, self.train_idx, r.size, augment=True)
+        self.plain_train_set = ElpvDataset(self.data, self.train_idx, r.size)
+        self.val_set, self.test_set = (ElpvDataset(self.data, i, r.size) for i in (self.val_idx, self.test_idx))
+        self.class_weights = balanced_class_weights(self.data.classes[self.train_idx], N_GRADES)
+        self._baselines = {}
+
+    # ------------------------------------------------------------------------------------------------ data
+    def train_loader(self, seed: int) -> DataLoader:
+        """One epoch of augmented training cells in an order drawn from `seed` (the flips and turns too)."""
+        self.train_set.generator.manual_seed(seed)
+        return DataLoader(self.train_set, batch_size=self.recipe.batch_size, shuffle=True, drop_last=True,
+                          generator=torch.Generator().manual_seed(seed))
+
+    def loader(self, split: str) -> DataLoader:
+        sets = {"val": self.val_set, "test": self.test_set, "train": self.plain_train_set}
+        if split not in sets:
+            raise ValueError(f"split must be one of {', '.join(sets)}, got {split!r}")
+        return DataLoader(sets[split], batch_size=64)
+
+    def example_input(self) -> torch.Tensor:
+        return torch.zeros(1, 3, self.recipe.size, self.recipe.size, device=self.device)
+
+    def data_identity(self) -> dict:
+        return {"elpv": self.data.fingerprint(), "cells": len(self.data.classes)}
+
+    # ------------------------------------------------------------------------------------------------ scoring
+    def probabilities(self, model: nn.Module, split: str) -> torch.Tensor:
+        return class_probabilities(model, self.loader(split), device=self.device)[0]
+
+    def scores(self, model: nn.Module, split: str, reference: torch.Tensor | None = None) -> dict:
+        """Binary accuracy and balanced accuracy, grade accuracy and loss on a split; with `reference` (the
+        baseline's probabilities on that split) also the agreement with it."""
+        probs, labels = class_probabilities(model, self.loader(split), device=self.device)
+        out = classifier_scores(probs, labels, class_weights=self.class_weights)
+        if reference is not None:
+            out.update(agreement(probs, reference))
+        return out
+
+    def _both(self, model, suffix, base=None) -> dict:
+        out = {}
+        for split in ("val", "test"):
+            ref = None if base is None else self._reference(base, split)
+            out.update({f"{split}_{k}{suffix}": v for k, v in self.scores(model, split, ref).items()})
+        return out
+
+    def _reference(self, base: ElpvBaseline, split: str) -> torch.Tensor:
+        cache = base.__dict__.setdefault("_probs", {})
+        if split not in cache:
+            cache[split] = self.probabilities(base.model, split)
+        return cache[split]
+
+    # ------------------------------------------------------------------------------------------------ baselines
+    def baseline_config(self, **overrides) -> dict:
+        recipe = dataclasses.replace(self.recipe, **overrides)
+        config = dataclasses.asdict(recipe)
+        if recipe.pretrained:
+            config["pretrained"] = {"sha256": weights.MOBILENET_V2.sha256}
+        return {"arch": "torchvision:mobilenet_v2", "grades": N_GRADES, "recipe": config,
+                "data": self.data_identity()}
+
+    def fit(self, model: nn.Module, epochs: int, lr: float, seed: int, validate: bool) -> pd.DataFrame:
+        r = self.recipe
+        return fit_classifier(model, self.train_loader(seed), self.loader("val") if validate else None,
+                              epochs=epochs, lr=lr, weight_decay=r.weight_decay, class_weights=self.class_weights,
+                              seed=seed, device=self.device, progress=self.progress)
+
+    def baseline(self, **overrides) -> ElpvBaseline:
+        """The baseline of this recipe (fields overridden, e.g. pretrained=False or size=224): read from the store,
+        or trained (best epoch on validation), rounded to fp16, scored and stored."""
+        config = self.baseline_config(**overrides)
+        key = self.store.path("elpv_baseline", config).stem
+        if key in self._baselines:
+            return self._baselines[key]
+        recipe = dataclasses.replace(self.recipe, **overrides)
+        if recipe.size != self.recipe.size:
+            return ElpvStudy(self.store.root, recipe, device=self.device, progress=self.progress).baseline()
+
+        def compute():
+            torch.manual_seed(recipe.seed)
+            model = weights.mobilenet_v2(N_GRADES, pretrained=recipe.pretrained)
+            if not recipe.pretrained:
+                fresh_init(model, recipe.seed)
+            start = time.perf_counter()
+            history = self.fit(model, recipe.epochs, recipe.lr, recipe.seed, validate=True)
+            seconds = time.perf_counter() - start
+            half = {k: v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu()
+                    for k, v in model.state_dict().items()}
+            model.load_state_dict(half)
+            return {**self._both(model, ""), "history": history.to_dict("records"), "train_seconds": seconds}, half
+
+        record = self.store.fetch("elpv_baseline", config, compute)
+        model = weights.mobilenet_v2(N_GRADES, pretrained=False)
+        model.load_state_dict(record.tensors())
+        model = model.to(self.device).eval()
+        params, macs = count(model, (3, recipe.size, recipe.size))
+        r = record.result
+        base = ElpvBaseline(model, {k[4:]: v for k, v in r.items() if k.startswith("val_")},
+                            {k[5:]: v for k, v in r.items() if k.startswith("test_")},
+                            pd.DataFrame(r["history"]), record.key, r["train_seconds"], macs, params)
+        self._baselines[key] = base
+        return base
+
+    # ------------------------------------------------------------------------------------------------ pruning
+    def recalibrate(self, model: nn.Module) -> nn.Module:
+        n = self.recipe.recal_batches
+        return recalibrate_bn(model, self.train_loader(RECAL_SEED), n, device=self.device)
+
+    def _pruned(self, base, criterion, rate, seed):
+        model = copy.deepcopy(base.model)
+        report = prune(model, self.example_input(), rate, criterion=criterion, seed=seed)
+        sizes = {"params": report.params_after, "macs": report.macs_after,
+                 "params_reduction": 100.0 * (1 - report.params_after / report.params_before),
+                 "macs_reduction": report.macs_reduction}
+        return model, sizes
+
+    def _point_config(self, base, criterion, rate, seed, **more) -> dict:
+        return {"baseline": base.key, "criterion": criterion, "rate": float(rate),
+                "seed": int(seed) if criterion == "random" else 0, "recal_batches": self.recipe.recal_batches, **more}
+
+    def _fetch(self, kind: str, config: dict, compute, run: bool):
+        if not run:
+            record = self.store.get(kind, config)
+            return None if record is None else record.result
+        return self.store.fetch(kind, config, compute).result
+
+    def pruned_point(self, criterion: str, rate: float, *, seed: int = 0, pretrained: bool = True,
+                     compute: bool = True) -> dict | None:
+        """Sizes, and scores right after pruning (`_before`) and after BatchNorm recalibration (`_recal`) on val and
+        test, with each one's agreement with the baseline (what the criterion kept of its function). Stored;
+        `compute=False` returns None instead of computing a missing point."""
+        base = self.baseline(pretrained=pretrained)
+
+        def work():
+            model, sizes = self._pruned(base, criterion, rate, seed)
+            out = {**sizes, **self._both(model, "_before", base)}
+            self.recalibrate(model)
+            return {**out, **self._both(model, "_recal", base)}
+        return self._fetch("elpv_pruned", self._point_config(base, criterion, rate, seed), work, compute)
+
+    def finetuned_point(self, criterion: str, rate: float, *, seed: int = 0, epochs: int = 2, lr: float = 3e-4,
+                        pretrained: bool = True, compute: bool = True) -> dict | None:
+        """The pruned, recalibrated network fine-tuned `epochs` at `lr` (fine-tuning seed `seed`; the last epoch
+        kept), scored on val and test (`_after`) with the agreement with the baseline. Stored."""
+        base = self.baseline(pretrained=pretrained)
+        config = self._point_config(base, criterion, rate, seed, finetune_seed=int(seed), epochs=int(epochs),
+                                    lr=float(lr))
+
+        def work():
+            model, sizes = self._pruned(base, criterion, rate, seed)
+            self.recalibrate(model)
+            start = time.perf_counter()
+            self.fit(model, epochs, lr, seed, validate=False)
+            return {**sizes, **self._both(model, "_after", base), "finetune_seconds": time.perf_counter() - start}
+        return self._fetch("elpv_finetuned", config, work, compute)
+
+    def fresh_point(self, rate: float, *, seed: int = 0, epochs: int = 2, lr: float | None = None,
+                    criterion: str = "fpgm", compute: bool = True) -> dict | None:
+        """The architecture `criterion` leaves at `rate`, from fresh random weights, trained the same epochs
+        (at the baseline's lr unless given): what the inherited weights are worth. Stored."""
+        base = self.baseline()
+        lr = self.recipe.lr if lr is None else float(lr)
+        config = {"baseline": base.key, "criterion": criterion, "rate": float(rate), "init_seed": int(seed),
+                  "epochs": int(epochs), "lr": lr}
+
+        def work():
+            model, sizes = self._pruned(base, criterion, rate, 0)
+            fresh_init(model, seed)
+            start = time.perf_counter()
+            self.fit(model, epochs, lr, seed, validate=False)
+            return {**sizes, **self._both(model, "_after"), "train_seconds": time.perf_counter() - start}
+        return self._fetch("elpv_scratch", config, work, compute)
+
+    # ------------------------------------------------------------------------------------------------ points
+    def baseline_missing(self, **overrides) -> bool:
+        return self.store.get("elpv_baseline", self.baseline_config(**overrides)) is None
+
+    def run(self, point: dict, compute: bool = True):
+        """One point of DESIGN (a dict with "kind" and the method's arguments): its stored result, computed when
+        missing (or None with compute=False)."""
+        args = {k: v for k, v in point.items() if k != "kind"}
+        if not compute and point["kind"] != "baseline" and self.baseline_missing(pretrained=args.get("pretrained", True)):
+            return None
+        if point["kind"] == "baseline":
+            if not compute and self.baseline_missing(**args):
+                return None
+            return self.baseline(**args)
+        method = {"pruned": self.pruned_point, "finetuned": self.finetuned_point, "fresh": self.fresh_point}
+        if point["kind"] not in method:
+            raise ValueError(f"unknown point kind {point['kind']!r}; choose baseline, {', '.join(method)}")
+        return method[point["kind"]](**args, compute=compute)
+
+    def stored(self, point: dict) -> bool:
+        return self.run(point, compute=False) is not None
+
+# ---------------------------------------------------------------------------------------------------- the design
+# What scripts/compute_elpv.py computes, stage by stage, and chapter 13 reads. Within a stage, points come in order
+# of how much they tell: the first seeds of every cell before the later ones, the middle rates before the ends.
+DESIGN = {
+    "stages": ("baselines", "lr", "grid", "budgets", "scratch_init"),
+    "resolutions": (128, 224),          # the pretrained baseline at both: accuracy against cost
+    "criteria": ("fpgm", "l1", "random", "fpgm-sum", "bn"),
+    "rates": (0.3, 0.5, 0.2, 0.4, 0.6, 0.1, 0.7),
+    "seeds": {"fpgm": 5, "l1": 5, "random": 5, "fpgm-sum": 3, "bn": 3},
+    "epochs": 2,                        # the fine-tuning budget of the grid
+    "lr_candidates": (1e-4, 3e-4, 1e-3),  # chosen on validation at the rates below, seed 0
+    "lr_rates": (0.3, 0.5),
+    "budget_epochs": (4, 8),            # longer fine-tuning, with the from-fresh-weights control at every budget
+    "budget_rates": (0.3, 0.5),
+    "budget_seeds": 3,
+    "scratch_criteria": ("fpgm", "l1", "random"),  # the random-init baseline pruned: does pretraining matter?
+    "scratch_rates": (0.3, 0.5),
+    "scratch_seeds": 3,
+}
+
+
+def chosen_lr(study: "ElpvStudy") -> float | None:
+    """The fine-tuning lr with the best mean validation balanced accuracy over the lr stage's points (None until
+    they are all stored): the test cells play no part."""
+    means = {}
+    for lr in DESIGN["lr_candidates"]:
+        rows = [study.finetuned_point("fpgm", rate, seed=0, epochs=DESIGN["epochs"], lr=lr, compute=False)
+                for rate in DESIGN["lr_rates"]]
+        if any(r is None for r in rows):
+            return None
+        means[lr] = sum(r["val_balanced_accuracy_after"] for r in rows) / len(rows)
+    return max(means, key=lambda lr: (means[lr], -lr))
+
+
+def planned_points(study: "ElpvStudy", stage: str) -> list:
+    """The points of one stage of DESIGN, as dicts for ElpvStudy.run."""
+    d, ep = DESIGN, DESIGN["epochs"]
+    if stage == "baselines":
+        return [dict(kind="baseline", pretrained=True), dict(kind="baseline", pretrained=False)] + \
+               [dict(kind="baseline", pretrained=True, size=s) for s in d["resolutions"] if s != study.recipe.size]
+    if stage == "lr":
+        return [dict(kind="finetuned", criterion="fpgm", rate=r, seed=0, epochs=ep, lr=lr)
+                for r in d["lr_rates"] for lr in d["lr_candidates"]]
+    lr = chosen_lr(study)
+    if lr is None:
+        return []
+    if stage == "grid":
+        pruned = [dict(kind="pruned", criterion=c, rate=r, seed=s) for r in d["rates"] for c in d["criteria"]
+                  for s in (range(d["seeds"][c]) if c == "random" else (0,))]
+        tuned = [dict(kind="finetuned", criterion=c, rate=r, seed=s, epochs=ep, lr=lr)
+                 for s in range(max(d["seeds"].values())) for r in d["rates"] for c in d["criteria"]
+                 if s < d["seeds"][c]]
+        return pruned + tuned
+    if stage == "budgets":
+        return [p for s in range(d["budget_seeds"]) for r in d["budget_rates"] for p in
+                [dict(kind="fresh", rate=r, seed=s, epochs=ep)] +
+                [q for e in d["budget_epochs"] for q in (dict(kind="finetuned", criterion="fpgm", rate=r, seed=s,
+                                                              epochs=e, lr=lr), dict(kind="fresh", rate=r, seed=s,
+                                                                                     epochs=e))]]
+    if stage == "scratch_init":
+        return [dict(kind="pruned", criterion=c, rate=r, seed=0, pretrained=False)
+                for r in d["scratch_rates"] for c in d["scratch_criteria"]] + \
+               [dict(kind="finetuned", criterion=c, rate=r, seed=s, epochs=ep, lr=lr, pretrained=False)
+                for s in range(d["scratch_seeds"]) for r in d["scratch_rates"] for c in d["scratch_criteria"]]
+    raise ValueError(f"unknown stage {stage!r}; choose one of {', '.join(d['stages'])}")

@@ -1,0 +1,188 @@
+"""The real-data arm: ELPV read from its package, the pretrained file checked by hash, the classifier's scores, and
+every experiment of gmlib.elpv end to end on a few cells (the smoke path of chapter 13)."""
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gmlib import classify, pretrained
+from gmlib.data import elpv as elpv_data
+from gmlib.elpv import DESIGN, ElpvStudy, fresh_init, planned_points
+from gmlib.store import Store
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(one_thread):
+    yield
+
+
+# ------------------------------------------------------------------------------------------------ data
+def _fake_root(tmp_path, rows, images=None):
+    root = tmp_path / "elpv"
+    (root / "images").mkdir(parents=True)
+    (root / "labels.csv").write_text("".join(f"images/{n}  {p}  {t}\n" for n, p, t in rows))
+    for name, _, _ in rows:
+        pixels = (images or {}).get(name, np.full((300, 300), 128, np.uint8))
+        if isinstance(pixels, bytes):
+            (root / "images" / name).write_bytes(pixels)
+        else:
+            Image.fromarray(pixels).save(root / "images" / name)
+    return root
+
+
+def test_reads_labels_types_and_images_from_a_folder_in_the_package_layout(tmp_path):
+    rows = [("a.png", "0.0", "mono"), ("b.png", "0.3333333333333333", "poly"), ("c.png", "0.6666666666666666",
+            "mono"), ("d.png", "1.0", "poly")]
+    cells = {"c.png": np.arange(300 * 300, dtype=np.uint32).reshape(300, 300).astype(np.uint8)}
+    data = elpv_data.load_elpv(_fake_root(tmp_path, rows, cells))
+    assert data.images.shape == (4, 300, 300) and data.images.dtype == np.uint8
+    assert data.classes.tolist() == [0, 1, 2, 3] and data.defective.tolist() == [0, 0, 1, 1]
+    assert data.types.tolist() == ["mono", "poly", "mono", "poly"]
+    assert np.array_equal(data.images[2], cells["c.png"])
+
+
+def test_a_corrupt_image_is_named(tmp_path):
+    root = _fake_root(tmp_path, [("a.png", "0.0", "mono"), ("bad.png", "1.0", "poly")], {"bad.png": b"\x89PNG broken"})
+    with pytest.raises(ValueError, match=r"bad\.png: corrupt or unreadable ELPV image"):
+        elpv_data.load_elpv(root)
+
+
+def test_a_bad_label_row_names_the_file_and_line(tmp_path):
+    root = _fake_root(tmp_path, [("a.png", "0.0", "mono"), ("b.png", "0.5", "mono")])
+    with pytest.raises(ValueError, match=r"labels\.csv:2: .*0\.5"):
+        elpv_data.load_elpv(root)
+
+
+def test_the_missing_package_names_the_pip_command(monkeypatch):
+    monkeypatch.setattr(elpv_data.util, "find_spec", lambda name: None)
+    with pytest.raises(ModuleNotFoundError, match=r"pip install elpv-dataset==1\.0\.0\.post1"):
+        elpv_data.load_elpv()
+
+
+def test_the_installed_package_holds_the_published_counts():
+    data = elpv_data.load_elpv(limit=3)  # the whole set is read by the smoke test below; here only the labels
+    labels = (Path(elpv_data._package_root()) / "labels.csv").read_text().split()
+    probs = np.array(labels[1::3], dtype=float)
+    assert len(probs) == 2624 and data.images.shape == (3, 300, 300)
+    assert [int((np.abs(probs - p) < 1e-3).sum()) for p in elpv_data.PROBABILITIES] == [1508, 295, 106, 715]
+
+
+def test_the_split_is_stratified_disjoint_and_fixed():
+    rng = np.random.default_rng(0)
+    classes, types = rng.integers(0, 4, 1000), rng.choice(["mono", "poly"], 1000)
+    train, val, test = elpv_data.elpv_split(classes, types, seed=3)
+    assert len(set(train) | set(val) | set(test)) == 1000 and len(train) + len(val) + len(test) == 1000
+    for c in range(4):
+        for t in ("mono", "poly"):
+            n = int(((classes == c) & (types == t)).sum())
+            in_test = int(((classes[test] == c) & (types[test] == t)).sum())
+            assert in_test == round(0.25 * n)
+    again = elpv_data.elpv_split(classes, types, seed=3)
+    assert all(np.array_equal(a, b) for a, b in zip((train, val, test), again))
+    assert not np.array_equal(test, elpv_data.elpv_split(classes, types, seed=4)[2])
+    with pytest.raises(ValueError, match="test_fraction"):
+        elpv_data.elpv_split(classes, types, test_fraction=1.0)
+
+
+def test_augmentation_keeps_the_label_and_only_turns_and_flips(tmp_path):
+    cell = np.zeros((300, 300), np.uint8)
+    cell[:40, :80] = 255  # an asymmetric patch: every dihedral image of it is distinct
+    data = elpv_data.load_elpv(_fake_root(tmp_path, [("a.png", "1.0", "mono")], {"a.png": cell}))
+    plain = elpv_data.ElpvDataset(data, [0], size=64)[0][0]
+    dihedral = [torch.rot90(im, k, dims=(-2, -1)) for im in (plain, plain.flip(-1)) for k in range(4)]
+    aug = elpv_data.ElpvDataset(data, [0], size=64, augment=True, seed=1)
+    seen = set()
+    for _ in range(40):
+        image, label = aug[0]
+        assert label.item() == 3
+        match = [i for i, d in enumerate(dihedral) if torch.equal(d, image)]
+        assert len(match) == 1
+        seen.add(match[0])
+    assert len(seen) >= 6
+
+
+# ------------------------------------------------------------------------------------------------ weights
+def test_the_weights_file_is_found_checked_and_loads_strictly_into_torchvision():
+    path = pretrained.find_weights()
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == pretrained.MOBILENET_V2.sha256
+    model = pretrained.mobilenet_v2(4)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    own = model.state_dict()
+    assert set(state) == set(own)  # strict: the same names
+    assert torch.equal(own["features.0.0.weight"], state["features.0.0.weight"])
+    assert model.classifier[-1].out_features == 4
+
+
+def test_a_hash_mismatch_names_the_file_and_the_expected_hash(tmp_path):
+    fake = tmp_path / pretrained.MOBILENET_V2.name
+    fake.write_bytes(b"not the weights")
+    with pytest.raises(pretrained.WeightsError) as err:
+        pretrained.mobilenet_v2(4, path=fake)
+    assert str(fake) in str(err.value) and pretrained.MOBILENET_V2.sha256 in str(err.value)
+
+
+def test_a_missing_file_names_the_install_command(tmp_path, monkeypatch):
+    monkeypatch.setenv(pretrained.WEIGHTS_ENV, str(tmp_path))
+    monkeypatch.setattr(pretrained.util, "find_spec", lambda name: None)
+    with pytest.raises(pretrained.WeightsError, match=r"python -m gmlib\.pretrained install"):
+        pretrained.find_weights()
+
+
+# ------------------------------------------------------------------------------------------------ scores
+def test_scores_follow_their_definitions():
+    # grades 0..3; defective = grades 2, 3; the binary call sums the probability of grades >= 2
+    probs = torch.tensor([[.9, .05, .03, .02], [.2, .35, .3, .15], [.1, .1, .2, .6], [.6, 0, .4, 0]])
+    labels = torch.tensor([0, 2, 3, 3])
+    s = classify.classifier_scores(probs, labels)
+    # calls: 0, 0 (0.45 < 0.5), 1, 0 -> truth 0, 1, 1, 1: right 2 of 4; recalls: class 0 1/1, class 1 1/3
+    assert s["accuracy"] == pytest.approx(0.5) and s["balanced_accuracy"] == pytest.approx((1 + 1 / 3) / 2)
+    assert s["accuracy_grades"] == pytest.approx(0.5)  # argmax 0, 1, 3, 0
+    assert s["loss"] == pytest.approx(-np.mean(np.log([.9, .3, .6, 1e-12])), rel=1e-5)
+    a = classify.agreement(probs, probs.flip(0))
+    assert a["agree_binary"] == pytest.approx(0.5) and 0 < a["tv_distance"] < 1
+    assert classify.agreement(probs, probs) == {"agree_binary": 1.0, "agree_grades": 1.0, "tv_distance": 0.0}
+
+
+def test_balanced_weights_equalise_the_classes():
+    w = classify.balanced_class_weights([0, 0, 0, 1, 2, 2], 4)
+    assert w.tolist() == pytest.approx([6 / 12, 6 / 4, 6 / 8, 0.0])
+
+
+def test_fresh_init_replaces_every_weight_and_depends_only_on_the_seed():
+    a, b = pretrained.mobilenet_v2(4), pretrained.mobilenet_v2(4)
+    before = {k: v.clone() for k, v in a.state_dict().items()}
+    fresh_init(a, 5), fresh_init(b, 5)
+    for k, v in a.state_dict().items():
+        if v.is_floating_point() and "running_var" not in k and v.numel() > 1 and not k.endswith("bias"):
+            assert not torch.equal(v, before[k]), k
+        assert torch.equal(v, b.state_dict()[k]), k
+
+
+# ------------------------------------------------------------------------------------------------ smoke path
+def test_every_experiment_runs_end_to_end_and_is_stored_once(tmp_path):
+    study = ElpvStudy(tmp_path / "store", limit=160, size=64, epochs=1, recal_batches=2, progress=False)
+    base = study.baseline()
+    assert 0 <= base.test["accuracy"] <= 1 and len(base.history) == 1 and "val_balanced_accuracy" in base.history
+    pruned = study.pruned_point("fpgm", 0.3)
+    assert pruned["macs"] < base.macs and 0 < pruned["macs_reduction"] < 100
+    assert {"test_agree_binary_before", "test_agree_binary_recal", "val_balanced_accuracy_recal"} <= set(pruned)
+    tuned = study.finetuned_point("random", 0.3, seed=1, epochs=1)
+    fresh = study.fresh_point(0.3, epochs=1)
+    assert fresh["macs"] == pruned["macs"] and "test_balanced_accuracy_after" in tuned
+    scratch = study.baseline(pretrained=False)
+    assert scratch.key != base.key
+    kinds = {r.kind: r for r in Store(tmp_path / "store").records()}
+    assert set(kinds) == {"elpv_baseline", "elpv_pruned", "elpv_finetuned", "elpv_scratch"}
+    assert Store(tmp_path / "store").problems() == []
+    created = {r.path: r.created for r in Store(tmp_path / "store").records()}
+    again = ElpvStudy(tmp_path / "store", limit=160, size=64, epochs=1, recal_batches=2, progress=False,
+                      device="cpu")
+    assert again.finetuned_point("random", 0.3, seed=1, epochs=1) == tuned  # read back, not recomputed
+    assert {r.path: r.created for r in Store(tmp_path / "store").records()} == created
+    others = [s for s in DESIGN["resolutions"] if s != 64]  # the pretrained baseline at the other resolutions
+    assert planned_points(again, "baselines")[2:] == [dict(kind="baseline", pretrained=True, size=s) for s in others]
+    assert planned_points(again, "grid") == []  # waits for the lr stage, which reads validation only
+    assert len(planned_points(again, "lr")) == len(DESIGN["lr_rates"]) * len(DESIGN["lr_candidates"])
