@@ -17,7 +17,7 @@ warnings.filterwarnings("ignore", message="IProgress not found")
 from .median import geometric_median, distance_sums
 from .criteria import CRITERIA, filter_scores, select_filters
 from .complexity import count
-from .surgery import prune, apply, plan, Plan, CouplingSet, PruneReport
+from .surgery import prune, apply, plan, Plan, CouplingSet, PruneReport, NotExactError
 from . import planning
 from .allocation import allocate, Allocation
 from .rules import register_rule
@@ -35,6 +35,7 @@ __all__ = [
     "geometric_median", "distance_sums",
     "CRITERIA", "filter_scores", "select_filters",
     "count", "prune", "plan", "apply", "allocate", "Allocation", "Plan", "CouplingSet", "PruneReport", "register_rule", "rules", "save_pruned", "load_pruned",
+    "NotExactError",
     "one_shot", "iterative", "recalibrate_bn", "Study", "Store",
     "set_deterministic", "default_device", "environment",
     "models", "data", "metrics", "train", "verify", "zoo", "export", "latency", "distributed",

@@ -6,7 +6,6 @@ d_i(r) + eps*r <= t, and t is bisected to meet the target (eps: equally insensit
 "uniform" (one rate for every set) and "random" (Li et al. 2022: r_i = min(max_rate, s*u_i), u_i ~ U(0, 1), s
 bisected) are its controls at the same target. Candidates are costed from per-module MACs (planning.estimate_macs).
 """
-import copy
 import hashlib
 import json
 import os
@@ -21,7 +20,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .planning import Plan, estimate_macs, plan
+from .selfcheck import copy_as
 from .surgery import apply
+from .transaction import guarded
 
 __all__ = ["allocate", "sensitivity", "Allocation", "TARGETS", "METHODS"]
 
@@ -55,6 +56,7 @@ class Allocation:
                               "rate": self.rates.get(s.index, 0.0)} for s in self.plan.sets])
 
 
+@guarded  # the scores run forwards on copies whose hooks may share state with the model's: put back
 def allocate(model: nn.Module, example_inputs, target: str = "macs", cut: float = 0.5, *, method: str = "sensitivity",
              evaluate=None, recalibrate=None, rates=(0.2, 0.4, 0.6, 0.8), max_rate: float = 0.9, seed: int = 0,
              cache=None, table: pd.DataFrame | None = None, tol: float = 0.005, latency_rounds: int = 5,
@@ -139,7 +141,7 @@ class _Cost:
         from .latency import measure  # deployment tools load only for a latency target
         twin = _pruned_copy(self.model, p)
         x = self.inputs if isinstance(self.inputs, torch.Tensor) else self.inputs[0]
-        ms = measure({"original": copy.deepcopy(self.model), "candidate": twin}, x, ("eager",),
+        ms = measure({"original": copy_as(self.model), "candidate": twin}, x, ("eager",),
                      rounds=self.rounds, progress=False).set_index("variant")["ms"]
         return 1 - ms["candidate"] / ms["original"], p
 
@@ -177,6 +179,7 @@ def _largest_rate(curve, threshold, max_rate):
     return best
 
 
+@guarded
 def sensitivity(model: nn.Module, example_inputs, evaluate, *, recalibrate=None, rates=(0.2, 0.4, 0.6, 0.8),
                 max_rate: float = 0.9, cache=None, progress: bool = True, **plan_options) -> pd.DataFrame:
     """One row per (prunable coupling set i, rate r): score of the model with only set i pruned at r (after
@@ -193,7 +196,7 @@ def sensitivity(model: nn.Module, example_inputs, evaluate, *, recalibrate=None,
     signature = _signature(model, example_inputs, rates, max_rate, plan_options)
     stored = _read_cache(path, signature) if path else {}
     if "baseline" not in stored:
-        stored["baseline"] = _score(copy.deepcopy(model), evaluate, None)
+        stored["baseline"] = _score(copy_as(model), evaluate, None)
         _write_cache(path, signature, stored)
     todo = [(i, r) for i in open_sets for r in rates if f"{i}:{r!r}" not in stored]
     for i, r in tqdm(todo, desc="sensitivity", disable=not progress or not todo):
@@ -223,7 +226,7 @@ def sensitivity(model: nn.Module, example_inputs, evaluate, *, recalibrate=None,
 
 def _pruned_copy(model, p):
     """A pruned copy, quietly: its coverage warnings are about a candidate, not about the user's model."""
-    twin = copy.deepcopy(model)
+    twin = copy_as(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         apply(twin, p, verify=False, count_macs=False)

@@ -6,6 +6,7 @@ the two classes' recalls), the K-grade accuracy, and the loss.
 """
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,6 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from .train import random_streams, read_training_state, set_random_states, write_training_state
 from .utils import default_device
 
 __all__ = ["balanced_class_weights", "class_probabilities", "classifier_scores", "agreement", "fit_classifier"]
@@ -73,13 +75,16 @@ def agreement(probs: torch.Tensor, reference: torch.Tensor, *, positive_from: in
 def fit_classifier(model: nn.Module, train_loader, val_loader=None, *, epochs: int, lr: float,
                    weight_decay: float = 1e-4, class_weights=None, positive_from: int = 2, monitor: str =
                    "balanced_accuracy", warmup: float = 0.15, seed: int = 0, device=None,
-                   progress: bool = True) -> pd.DataFrame:
+                   progress: bool = True, resume=None) -> pd.DataFrame:
     """Train in place with AdamW and a one-cycle schedule (linear warm-up over `warmup` of the steps to `lr`, then
     cosine to ~0), weighted cross-entropy over the grades.
 
     With `val_loader`, every epoch is scored on it and the best epoch by `monitor` (ties keep the earlier) is loaded
-    back at the end; without, the last epoch is kept (a fixed budget, as fine-tuning comparisons need). Returns one
-    row per epoch: epoch, lr, train_loss, seconds, and val_<score> with `best` when validated.
+    back at the end; without, the last epoch is kept (a fixed budget, as fine-tuning comparisons need). With
+    `resume` (a path) the whole state (weights, optimiser, schedule, random streams, history) is written there after
+    every epoch, and a call that finds it goes on after its last epoch, ending as an unbroken run would (as
+    `gmlib.train.fit`; the caller deletes the file). Returns one row per epoch: epoch, lr, train_loss, seconds, and
+    val_<score> with `best` when validated.
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
@@ -96,8 +101,18 @@ def fit_classifier(model: nn.Module, train_loader, val_loader=None, *, epochs: i
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * len(train_loader),
                                                     pct_start=warmup, anneal_strategy="cos")
-    history, best, best_state = [], -math.inf, None
-    for epoch in tqdm(range(1, epochs + 1), desc="epochs", leave=False, disable=not progress):
+    history, best, best_state, done = [], -math.inf, None, 0
+    recipe = {"epochs": epochs, "lr": float(lr), "weight_decay": float(weight_decay), "seed": seed, "monitor": monitor,
+              "batches": len(train_loader), "validated": val_loader is not None, "warmup": float(warmup)}
+    streams = random_streams(train_loader, val_loader)
+    if resume is not None and Path(resume).is_file():
+        state = read_training_state(resume, recipe)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_random_states(streams, state["random"])
+        history, best, best_state, done = state["history"], state["best_score"], state["best_state"], state["epoch"]
+    for epoch in tqdm(range(done + 1, epochs + 1), desc="epochs", leave=False, disable=not progress):
         model.train()
         start, loss_sum, seen = time.perf_counter(), 0.0, 0
         lr_now = optimizer.param_groups[0]["lr"]
@@ -121,6 +136,9 @@ def fit_classifier(model: nn.Module, train_loader, val_loader=None, *, epochs: i
                 best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             row.update({f"val_{k}": v for k, v in val.items()}, best=is_best)
         history.append(row)
+        if resume is not None:
+            write_training_state(resume, recipe, epoch, model, optimizer, scheduler, streams, history, best,
+                                 best_state)
     if best_state is not None:
         model.load_state_dict(best_state)
     return pd.DataFrame(history)

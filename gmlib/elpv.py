@@ -7,20 +7,25 @@ Validation cells choose (best epoch, learning rate); the test cells only report.
 """
 import copy
 import dataclasses
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from . import export
 from . import pretrained as weights
+from .allocation import TABLE_COLUMNS, allocate, sensitivity
+from .latency import measure
 from .complexity import count
 from .classify import agreement, balanced_class_weights, class_probabilities, classifier_scores, fit_classifier
 from .data.elpv import PROBABILITIES, ElpvDataset, elpv_split, load_elpv
 from .recalibrate import recalibrate_bn
-from .store import Store
+from .store import Store, frame_rows
 from .surgery import prune
 from .utils import default_device
 
@@ -89,10 +94,13 @@ class ElpvStudy:
         recipe: the baseline's ElpvRecipe; fields can be overridden by keyword (a new configuration, a new key).
         data_root: a folder in the elpv_dataset layout (default: the installed package); `limit` reads only the
             first n cells (the tests' smoke path).
+        seg_data_dir, results_dir, seg_profile: the synthetic strips, results folder and Study profile of the
+            segmentation stages.
     """
 
     def __init__(self, store_dir="../data/store", recipe: ElpvRecipe = ElpvRecipe(), *, data_root=None,
-                 limit: int | None = None, device=None, progress: bool = True, **overrides):
+                 limit: int | None = None, device=None, progress: bool = True, seg_data_dir="../data/synthetic",
+                 results_dir="../results", seg_profile: str = "quick", **overrides):
         fields = {f.name for f in dataclasses.fields(ElpvRecipe)}
         unknown = sorted(set(overrides) - fields)
         if unknown:
@@ -110,6 +118,7 @@ class ElpvStudy:
         self.val_set, self.test_set = (ElpvDataset(self.data, i, r.size) for i in (self.val_idx, self.test_idx))
         self.class_weights = balanced_class_weights(self.data.classes[self.train_idx], N_GRADES)
         self._baselines = {}
+        self.seg_data_dir, self.results_dir, self.seg_profile, self._seg = seg_data_dir, results_dir, seg_profile, {}
 
     # ------------------------------------------------------------------------------------------------ data
     def train_loader(self, seed: int) -> DataLoader:
@@ -165,11 +174,11 @@ class ElpvStudy:
         return {"arch": "torchvision:mobilenet_v2", "grades": N_GRADES, "recipe": config,
                 "data": self.data_identity()}
 
-    def fit(self, model: nn.Module, epochs: int, lr: float, seed: int, validate: bool) -> pd.DataFrame:
+    def fit(self, model: nn.Module, epochs: int, lr: float, seed: int, validate: bool, resume=None) -> pd.DataFrame:
         r = self.recipe
         return fit_classifier(model, self.train_loader(seed), self.loader("val") if validate else None,
                               epochs=epochs, lr=lr, weight_decay=r.weight_decay, class_weights=self.class_weights,
-                              seed=seed, device=self.device, progress=self.progress)
+                              seed=seed, device=self.device, progress=self.progress, resume=resume)
 
     def baseline(self, **overrides) -> ElpvBaseline:
         """The baseline of this recipe (fields overridden, e.g. pretrained=False or size=224): read from the store,
@@ -180,22 +189,26 @@ class ElpvStudy:
             return self._baselines[key]
         recipe = dataclasses.replace(self.recipe, **overrides)
         if recipe.size != self.recipe.size:
-            return ElpvStudy(self.store.root, recipe, device=self.device, progress=self.progress).baseline()
+            return ElpvStudy(self.store.root, recipe, device=self.device, progress=self.progress,
+                             results_dir=self.results_dir).baseline()
 
         def compute():
             torch.manual_seed(recipe.seed)
             model = weights.mobilenet_v2(N_GRADES, pretrained=recipe.pretrained)
             if not recipe.pretrained:
                 fresh_init(model, recipe.seed)
-            start = time.perf_counter()
-            history = self.fit(model, recipe.epochs, recipe.lr, recipe.seed, validate=True)
-            seconds = time.perf_counter() - start
+            resume.parent.mkdir(parents=True, exist_ok=True)
+            history = self.fit(model, recipe.epochs, recipe.lr, recipe.seed, validate=True, resume=resume)
+            seconds = float(history["seconds"].sum())  # training only, over every (resumed) run
             half = {k: v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu()
                     for k, v in model.state_dict().items()}
             model.load_state_dict(half)
             return {**self._both(model, ""), "history": history.to_dict("records"), "train_seconds": seconds}, half
 
+        # the training state after every epoch: a killed training, run again, resumes; removed once stored
+        resume = Path(self.results_dir) / "training" / f"elpv-{key}.pt"
         record = self.store.fetch("elpv_baseline", config, compute)
+        resume.unlink(missing_ok=True)
         model = weights.mobilenet_v2(N_GRADES, pretrained=False)
         model.load_state_dict(record.tensors())
         model = model.to(self.device).eval()
@@ -277,13 +290,128 @@ class ElpvStudy:
             return {**sizes, **self._both(model, "_after"), "train_seconds": time.perf_counter() - start}
         return self._fetch("elpv_scratch", config, work, compute)
 
+    # ------------------------------------------------------------------------------------------------ where to prune
+    def sensitivity_table(self, criterion: str = "fpgm") -> pd.DataFrame:
+        """gmlib.allocation.sensitivity of the pretrained baseline: each coupling set pruned alone at
+        DESIGN["sensitivity_rates"], recalibrated, scored by minus the validation loss (smoother than accuracy on
+        295 cells; the test cells play no part). Stored; a killed run resumes from results_dir/sensitivity/."""
+        base = self.baseline()
+        rates = [float(r) for r in DESIGN["sensitivity_rates"]]
+        config = {"baseline": base.key, "criterion": criterion, "rates": rates, "score": "-val_loss",
+                  "recal_batches": self.recipe.recal_batches}
+        cache = Path(self.results_dir) / "sensitivity" / f"elpv-{self.store.path('elpv_sensitivity', config).stem}.json"
+
+        def compute():
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            table = sensitivity(base.model, self.example_input(), lambda m: -self.scores(m, "val")["loss"],
+                                recalibrate=self.recalibrate, rates=rates, cache=cache, progress=self.progress,
+                                criterion=criterion)
+            rows = [{k: (None if v == float("inf") else v) for k, v in row.items()} for row in frame_rows(table)]
+            return {"rows": rows, "baseline_score": table.attrs["baseline_score"]}
+        record = self.store.fetch("elpv_sensitivity", config, compute)
+        table = pd.DataFrame(record.result["rows"])[TABLE_COLUMNS]
+        for column in ("drop", "monotone_drop"):  # JSON has no infinity: a rate that empties a set is None
+            table[column] = table[column].astype(float).fillna(float("inf"))
+        table.attrs["baseline_score"] = record.result["baseline_score"]
+        return table
+
+    def allocated_point(self, method: str, cut: float, *, seed: int = 0, criterion: str = "fpgm",
+                        compute: bool = True) -> dict | None:
+        """The pretrained baseline pruned to remove `cut` of its MACs with rates from gmlib.allocate ("uniform",
+        "sensitivity" on the stored table, or "random" drawn with `seed`), recalibrated and fine-tuned (seed `seed`,
+        the grid's budget at the lr chosen on validation); scores before, after recalibration and after. Stored."""
+        base = self.baseline()
+        lr = chosen_lr(self)
+        if lr is None:
+            raise ValueError("the lr stage is not stored yet: the allocation points fine-tune at its chosen lr")
+        epochs = DESIGN["epochs"]
+        config = {"baseline": base.key, "method": method, "cut": float(cut), "criterion": criterion,
+                  "allocation_seed": int(seed) if method == "random" else 0, "finetune_seed": int(seed),
+                  "epochs": epochs, "lr": lr, "recal_batches": self.recipe.recal_batches}
+
+        def work():
+            table = self.sensitivity_table(criterion) if method == "sensitivity" else None
+            chosen = allocate(base.model, self.example_input(), "macs", cut, method=method, seed=seed, table=table,
+                              progress=False, criterion=criterion)
+            model, sizes = self._pruned(base, criterion, lambda entry: chosen.rates.get(entry.index, 0.0), 0)
+            out = {**sizes, "reached": chosen.reached, "rates": {str(i): r for i, r in chosen.rates.items()},
+                   **self._both(model, "_before", base)}
+            self.recalibrate(model)
+            out.update(self._both(model, "_recal", base))
+            self.fit(model, epochs, lr, seed, validate=False)
+            return {**out, **self._both(model, "_after", base)}
+        return self._fetch("elpv_allocated", config, work, compute)
+
+    # ------------------------------------------------------------------------------------------------ deployment
+    def deployment(self, rates=None, *, rounds: int = 7, threads: int = 1, compute: bool = True) -> dict | None:
+        """What a factory PC buys with each cut: the baseline and FPGM at `rates` (default DESIGN["deploy_rates"]),
+        each fine-tuned (seed 0, the grid's budget), exported to ONNX and quantised to int8 (calibrated on training
+        cells), timed side by side on one cell at the network's resolution in ONNX Runtime (`threads`, interleaved
+        rounds) and scored on the test cells in each runtime. Stored (timings keep the machine they ran on)."""
+        base = self.baseline()
+        lr = chosen_lr(self)
+        if lr is None:
+            raise ValueError("the lr stage is not stored yet: the candidates fine-tune at its chosen lr")
+        rates = [float(r) for r in (DESIGN["deploy_rates"] if rates is None else rates)]
+        config = {"baseline": base.key, "criterion": "fpgm", "rates": rates, "epochs": DESIGN["epochs"], "lr": lr,
+                  "rounds": int(rounds), "threads": int(threads), "input": [1, 3, self.recipe.size, self.recipe.size]}
+
+        def work():
+            variants = {0.0: copy.deepcopy(base.model).eval()}
+            for rate in rates:
+                model, _ = self._pruned(base, "fpgm", rate, 0)
+                self.recalibrate(model)
+                self.fit(model, DESIGN["epochs"], lr, 0, validate=False)
+                variants[rate] = model.eval()
+            calibration = [images for images, _ in self.loader("train")][:4]
+            rows = []
+            with tempfile.TemporaryDirectory() as folder:
+                for rate, model in variants.items():
+                    params, macs = count(model, (3, self.recipe.size, self.recipe.size))
+                    path = export.to_onnx(model, Path(folder) / f"{rate}.onnx", self.example_input().cpu())
+                    int8 = export.quantize_int8(path, Path(folder) / f"{rate}.int8.onnx", calibration)
+                    for runtime, file in (("ort", path), ("ort-int8", int8)):
+                        sess = export.session(file, threads=threads, spinning=False)
+                        scores = self.scores(export.OrtModule(sess), "test")
+                        rows.append({"rate": rate, "runtime": runtime, "params": params, "macs": macs,
+                                     **{f"test_{k}": v for k, v in scores.items()},
+                                     "size_bytes": Path(file).stat().st_size})
+            times = measure(variants, self.example_input().cpu(), ("ort", "ort-int8"), rounds=rounds,
+                            threads=threads, calibration=calibration, names=("rate",), progress=self.progress)
+            timed = {(r["rate"], r["runtime"]): r for r in times.to_dict("records")}
+            for row in rows:
+                t = timed[row["rate"], row["runtime"]]
+                row.update(ms=t["ms"], ms_min=t["ms_min"], ms_max=t["ms_max"])
+            return {"rows": rows}
+        return self._fetch("elpv_deployment", config, work, compute)
+
     # ------------------------------------------------------------------------------------------------ points
     def baseline_missing(self, **overrides) -> bool:
         return self.store.get("elpv_baseline", self.baseline_config(**overrides)) is None
 
+    def segmentation(self, pretrained: bool):
+        """The segmentation arm's Study (see segmentation_study), made once."""
+        if pretrained not in self._seg:
+            self._seg[pretrained] = segmentation_study(pretrained, self.store.root, self.seg_data_dir,
+                                                       self.results_dir, self.progress, self.seg_profile)
+        return self._seg[pretrained]
+
+    def _run_segmentation(self, point: dict, compute: bool):
+        study = self.segmentation(point["pretrained"])
+        if not compute and study.store.get("baseline", study.baseline_config()) is None:
+            return None
+        if point["kind"] == "seg_baseline":
+            return study.baseline()
+        p = {k: point[k] for k in ("criterion", "rate", "seed")}
+        if not compute:
+            return True if study.is_stored(p) else None
+        return study.point(**p)
+
     def run(self, point: dict, compute: bool = True):
         """One point of DESIGN (a dict with "kind" and the method's arguments): its stored result, computed when
         missing (or None with compute=False)."""
+        if point["kind"] in ("seg_baseline", "seg_point"):
+            return self._run_segmentation(point, compute)
         args = {k: v for k, v in point.items() if k != "kind"}
         if not compute and point["kind"] != "baseline" and self.baseline_missing(pretrained=args.get("pretrained", True)):
             return None
@@ -291,7 +419,8 @@ class ElpvStudy:
             if not compute and self.baseline_missing(**args):
                 return None
             return self.baseline(**args)
-        method = {"pruned": self.pruned_point, "finetuned": self.finetuned_point, "fresh": self.fresh_point}
+        method = {"pruned": self.pruned_point, "finetuned": self.finetuned_point, "fresh": self.fresh_point,
+                  "allocated": self.allocated_point, "deployment": self.deployment}
         if point["kind"] not in method:
             raise ValueError(f"unknown point kind {point['kind']!r}; choose baseline, {', '.join(method)}")
         return method[point["kind"]](**args, compute=compute)
@@ -303,8 +432,11 @@ class ElpvStudy:
 # What scripts/compute_elpv.py computes, stage by stage, and chapter 13 reads. Within a stage, points come in order
 # of how much they tell: the first seeds of every cell before the later ones, the middle rates before the ends.
 DESIGN = {
-    "stages": ("baselines", "lr", "grid", "budgets", "scratch_init"),
-    "resolutions": (128, 224),          # the pretrained baseline at both: accuracy against cost
+    "stages": ("baselines", "resolution", "lr", "scratch_baseline", "grid", "seg_baselines", "seg_grid", "allocation", "deployment",
+               "budgets", "scratch_init"),
+    # the input resolution: the pretrained network trained `resolution_epochs` at each, accuracy against cost
+    "resolutions": (128, 224),
+    "resolution_epochs": 4,
     "criteria": ("fpgm", "l1", "random", "fpgm-sum", "bn"),
     "rates": (0.3, 0.5, 0.2, 0.4, 0.6, 0.1, 0.7),
     "seeds": {"fpgm": 5, "l1": 5, "random": 5, "fpgm-sum": 3, "bn": 3},
@@ -317,7 +449,30 @@ DESIGN = {
     "scratch_criteria": ("fpgm", "l1", "random"),  # the random-init baseline pruned: does pretraining matter?
     "scratch_rates": (0.3, 0.5),
     "scratch_seeds": 3,
+    # at equal MACs: one rate for every set, rates from the per-set sensitivity table, and a random allocation
+    "allocation_cuts": (0.3, 0.5),
+    "allocation_methods": ("uniform", "sensitivity", "random"),
+    "allocation_seeds": 3,
+    "sensitivity_rates": (0.2, 0.4, 0.6, 0.8),
+    "deploy_rates": (0.3, 0.5, 0.7),
+    # the segmentation task of the quick profile (synthetic strips) with an FPN on the ImageNet MobileNetV2
+    # encoder, and the same from random init: does a pretrained encoder change chapter 07's answer?
+    "seg_epochs": 20,
+    "seg_criteria": ("fpgm", "l1", "random"),
+    "seg_rates": (0.3, 0.5),
+    "seg_seeds": 3,
 }
+
+
+def segmentation_study(pretrained: bool, store_dir, data_dir, results_dir, progress: bool = True,
+                       profile: str = "quick"):
+    """The quick profile's study with fpn_mobilenet_v2, its encoder from the ImageNet file or random init, trained
+    DESIGN["seg_epochs"] epochs (one cosine cycle, no restart); profile "smoke" for the tests."""
+    from .study import Study
+    epochs = {"epochs": DESIGN["seg_epochs"]} if profile == "quick" else {}
+    return Study(profile, data_dir, results_dir, store_dir=store_dir, progress=progress, arch="fpn_mobilenet_v2",
+                 pretrained=str(weights.find_weights()) if pretrained else "", restart_epochs=0, restart_lr=0.0,
+                 **epochs)
 
 
 def chosen_lr(study: "ElpvStudy") -> float | None:
@@ -337,11 +492,20 @@ def planned_points(study: "ElpvStudy", stage: str) -> list:
     """The points of one stage of DESIGN, as dicts for ElpvStudy.run."""
     d, ep = DESIGN, DESIGN["epochs"]
     if stage == "baselines":
-        return [dict(kind="baseline", pretrained=True), dict(kind="baseline", pretrained=False)] + \
-               [dict(kind="baseline", pretrained=True, size=s) for s in d["resolutions"] if s != study.recipe.size]
+        return [dict(kind="baseline", pretrained=True)]
+    if stage == "scratch_baseline":  # the same network and recipe from torchvision's random init
+        return [dict(kind="baseline", pretrained=False)]
+    if stage == "resolution":
+        return [dict(kind="baseline", pretrained=True, size=s, epochs=d["resolution_epochs"])
+                for s in d["resolutions"]]
     if stage == "lr":
         return [dict(kind="finetuned", criterion="fpgm", rate=r, seed=0, epochs=ep, lr=lr)
                 for r in d["lr_rates"] for lr in d["lr_candidates"]]
+    if stage == "seg_baselines":
+        return [dict(kind="seg_baseline", pretrained=p) for p in (True, False)]
+    if stage == "seg_grid":
+        return [dict(kind="seg_point", pretrained=p, criterion=c, rate=r, seed=s) for s in range(d["seg_seeds"])
+                for p in (True, False) for r in d["seg_rates"] for c in d["seg_criteria"]]
     lr = chosen_lr(study)
     if lr is None:
         return []
@@ -352,6 +516,11 @@ def planned_points(study: "ElpvStudy", stage: str) -> list:
                  for s in range(max(d["seeds"].values())) for r in d["rates"] for c in d["criteria"]
                  if s < d["seeds"][c]]
         return pruned + tuned
+    if stage == "allocation":
+        return [dict(kind="allocated", method=m, cut=c, seed=s) for s in range(d["allocation_seeds"])
+                for c in d["allocation_cuts"] for m in d["allocation_methods"]]
+    if stage == "deployment":
+        return [dict(kind="deployment")]
     if stage == "budgets":
         return [p for s in range(d["budget_seeds"]) for r in d["budget_rates"] for p in
                 [dict(kind="fresh", rate=r, seed=s, epochs=ep)] +

@@ -98,10 +98,11 @@ def analyse(model: nn.Module, example_inputs, *, keep_outputs: bool = True) -> C
         lin = layout.get(x) if x is not None else None
         layout[node] = result
         if result:
-            nonzero[node] = _nonzero(node, ctx.modules, nonzero, x)
+            nonzero[node] = _nonzero(node, ctx.modules, nonzero, x, layout)
         if x is not None and nonzero.get(x) and any(u.role in ("conv_in", "linear_in") and u.layout is lin
                                                     for u in ctx.uses[n_uses:]):
-            sp.freeze(lin, f"a map with f(0) != 0 ({nonzero[x]}) between removed channels and their reader")
+            for part, why in _nonzero_parts(x, nonzero, layout):
+                sp.freeze(part, f"a map with f(0) != 0 ({why}) between removed channels and their reader")
         if node.op == "call_module":
             layouts.setdefault(node.target, node)
     for a, b, where in ctx.agree:  # expand_as: the donor's channel count must match after pruning
@@ -150,7 +151,26 @@ def _read_elsewhere(ctx, graph):
             ctx.sp.freeze(lay, f"parameters of module {name!r} are also read outside its call")
 
 
-def _nonzero(node, modules, nonzero, x):
+class _Parts(tuple):
+    """The f(0) != 0 state of a concatenation on dim 1, part by part: (node, its state) for each part; true when
+    any part may be non-zero. A map that acts on each channel alone passes it on whole."""
+
+    def __bool__(self):
+        return any(bool(why) for _, why in self)
+
+    def __str__(self):
+        return next(str(why) for _, why in self if why)
+
+
+def _nonzero_parts(x, nonzero, layout):
+    """(layout, op) for each part of `x`'s channels that may be non-zero where channels were removed."""
+    state = nonzero.get(x)
+    if isinstance(state, _Parts):
+        return [p for part, _ in state for p in _nonzero_parts(part, nonzero, layout)]
+    return [(layout.get(x), str(state))] if state else []
+
+
+def _nonzero(node, modules, nonzero, x, layout):
     """Whether the removed channels of `node`'s output may be non-zero in the masked original (then the op's name).
 
     Convs and norms with affine give zero (their rows are zeroed); f(0) != 0 maps, scalar offsets, and ops over an
@@ -165,6 +185,9 @@ def _nonzero(node, modules, nonzero, x):
     if node.op not in ("call_function", "call_method"):
         return ""
     name, kw = canonical(node)
+    parts = kw.get("tensors") if name == "cat" else None
+    if isinstance(parts, (tuple, list)) and layout.get(node) == tuple(s for t in parts for s in layout.get(t) or ()):
+        return _Parts((t, nonzero.get(t, "")) for t in parts)  # side by side on dim 1: each part its own
     if (node.op == "call_function" and node.target in NONZERO_AT_ZERO_FUNCTIONS) or \
             (node.op == "call_method" and name in NONZERO_AT_ZERO_METHODS):
         return name
@@ -182,7 +205,8 @@ def _nonzero(node, modules, nonzero, x):
         return "mul" if tensors and all(nonzero[a] for a in tensors) else ""
     if name == "div":
         return nonzero.get(kw.get("input"), "")
-    return next((nonzero[a] for a in tensors if nonzero[a]), "")
+    found = [nonzero[a] for a in tensors if nonzero[a]]
+    return "" if not found else found[0] if len(found) == 1 else str(found[0])  # several: every channel
 
 
 def channel_groups(model: nn.Module, example_inputs) -> list:

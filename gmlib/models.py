@@ -3,6 +3,9 @@
 - "resnet50", "resnext50_32x4d": timm classifiers (Tables 3 and 4), with a small head of `num_classes` outputs.
 - "fpn_resnest50": the paper's segmentation network ("DF-ResNeSt50", Table 5): a timm `resnest50d` encoder
   (features at strides 4-32) and the FPN decoder layout of segmentation_models_pytorch, written here.
+- "fpn_mobilenet_v2": the real-data arm's segmentation network: segmentation_models_pytorch's FPN (widths as
+  fpn_resnest14d's) on torchvision's MobileNetV2 encoder, which `pretrained=path` starts from torchvision's ImageNet
+  file (`gmlib.pretrained`, checked by sha256 before use).
 - "fpn_resnest14d": the quick profile's stand-in, small enough to train on a 2-core CPU in minutes: the same FPN on
   a `resnest14d` encoder (one split-attention bottleneck per stage), decoder widths halved (128 pyramid, 64
   segmentation channels).
@@ -129,6 +132,22 @@ def _timm(timm_name, pretrained, **kwargs):
         raise ValueError(f"pretrained weights {str(path)!r} do not fit {timm_name}: {why}") from e
 
 
+def _fpn_mobilenet_v2(num_classes, pretrained):
+    try:
+        import segmentation_models_pytorch as smp
+    except ImportError:
+        raise ImportError("fpn_mobilenet_v2 needs segmentation_models_pytorch: pip install "
+                          "segmentation-models-pytorch==0.6.0 (the project's test extra)") from None
+    from . import pretrained as weights
+    model = smp.FPN("mobilenet_v2", encoder_weights=None, classes=num_classes, decoder_pyramid_channels=128,
+                    decoder_segmentation_channels=64)
+    if pretrained is not None:
+        state = weights.load_state_dict(pretrained, weights.MOBILENET_V2.sha256)
+        model.encoder.load_state_dict({k: v for k, v in state.items() if not k.startswith("classifier.")},
+                                      strict=True)
+    return model
+
+
 def _classifier(timm_name):
     return lambda num_classes, pretrained: _timm(timm_name, pretrained, num_classes=num_classes)
 
@@ -140,13 +159,15 @@ _BUILDERS = {
     "fpn_resnest50": lambda num_classes, pretrained: FPN("resnest50d", num_classes=num_classes, pretrained=pretrained),
     "fpn_resnest14d": lambda num_classes, pretrained: FPN("resnest14d", num_classes=num_classes, pyramid_channels=128,
                                                           segmentation_channels=64, pretrained=pretrained),
+    "fpn_mobilenet_v2": _fpn_mobilenet_v2,
 }
 ENCODERS = {"resnet50": "resnet50", "resnext50_32x4d": "resnext50_32x4d", "resnest50d": "resnest50d",
-            "fpn_resnest50": "resnest50d", "fpn_resnest14d": "resnest14d"}  # the timm model a weight file is for
+            "fpn_resnest50": "resnest50d", "fpn_resnest14d": "resnest14d",
+            "fpn_mobilenet_v2": "torchvision:mobilenet_v2"}  # the model a weight file is for
 NAMES = tuple(_BUILDERS)
 # How chapters name them in prose and figures.
 TITLES = {"resnet50": "ResNet50", "resnext50_32x4d": "ResNeXt50 (32x4d)", "resnest50d": "ResNeSt50",
-          "fpn_resnest50": "FPN-ResNeSt50", "fpn_resnest14d": "FPN-ResNeSt14d"}
+          "fpn_resnest50": "FPN-ResNeSt50", "fpn_resnest14d": "FPN-ResNeSt14d", "fpn_mobilenet_v2": "FPN-MobileNetV2"}
 
 
 def create(name: str, num_classes: int = DEFAULT_CLASSES, seed: int | None = None, pretrained=None) -> nn.Module:

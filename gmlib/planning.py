@@ -6,7 +6,6 @@ of every module. The Plan lists the coupling sets (members, size, kept, why a se
 before and after, and the params and MACs before and after; it prints as a table and round-trips through JSON.
 `gmlib.apply(model, plan)` does the surgery; `prune` is the two together.
 """
-import copy
 import fnmatch
 import json
 import math
@@ -22,7 +21,8 @@ from .criteria import CRITERIA, is_criterion, select_filters
 from .graph import analyse
 from .rules import rule_for
 from .shrink import shrink_module, shrink_named
-from .transaction import Snapshot
+from .selfcheck import copy_as
+from .transaction import guarded
 
 __all__ = ["plan", "Plan", "CouplingSet", "LayerChange", "POLICIES", "estimate_macs"]
 
@@ -162,6 +162,7 @@ def _layers_frame(layers) -> pd.DataFrame:
                                        "sparsity", "coupling_set", "note"])
 
 
+@guarded  # tracing and counting run forwards: what they write on the model is put back
 def plan(model: nn.Module, example_inputs, rate, *, criterion: str = "fpgm", policy: str = "or-merge",
          ignored_layers=(), round_to: int = 1, count_macs: bool = True, seed: int = 0, max_rate: float | None = None,
          global_ranking: bool = False, keep_head: bool = True, sizes_after: bool = True) -> Plan:
@@ -198,12 +199,10 @@ def plan(model: nn.Module, example_inputs, rate, *, criterion: str = "fpgm", pol
     graph = analyse(model, example_inputs, keep_outputs=keep_head)
     sp = graph.spaces
     size = _input_size(example_inputs)
-    modes = Snapshot(model)
     if size and count_macs:
         params_before, macs_before, module_macs = count_by_module(model, size)
     else:
         params_before, macs_before, module_macs = sum(p.numel() for p in model.parameters()), None, None
-    modes.restore_modes()  # gmlib.count runs in eval mode and restores only the root's flag
 
     for u in graph.uses:  # an ignored norm/Linear/depthwise conv keeps every channel it reads
         if u.role != "conv_in" and _under(u.module, ignored):
@@ -264,7 +263,7 @@ def plan(model: nn.Module, example_inputs, rate, *, criterion: str = "fpgm", pol
     result.groups = {n: m.groups for n, m in model.named_modules() if isinstance(getattr(m, "groups", None), int)
                      and isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))}
     if sizes_after:
-        twin = copy.deepcopy(model)
+        twin = copy_as(model)
         _shrink_all(twin, kept, dict(twin.named_modules()))
         result.params_after, result.macs_after = _tally(twin, size, count_macs)
     result.kept = {n: {d: v.tolist() for d, v in k.items()} for n, k in kept.items()}

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .shrink import apply_kept, mask_kept
+from .transaction import held
 from .verify import _flat
 
 __all__ = ["NotExactError", "Check", "first_difference", "copy_as", "TOLERANCE"]
@@ -82,8 +83,8 @@ def _batch_of_two(inputs):
 def copy_as(model: nn.Module, dtype=None) -> nn.Module:
     """A deep copy with every floating parameter and buffer cast to `dtype` while copied (None: kept as it is).
 
-    Computed tensors held as attributes (torch.nn.utils.weight_norm's `weight`) are copied detached: the hook that
-    made them recomputes them on the next forward.
+    Computed tensors held as attributes (torch.nn.utils.weight_norm's `weight`) or by hooks (a stored output) are
+    copied detached: the hook that made them recomputes them on the next forward.
     """
     def cast(t):  # always a new tensor: `to` returns its input when the dtype already matches
         return t.detach().to(dtype, copy=True) if dtype is not None and t.is_floating_point() else t.detach().clone()
@@ -95,10 +96,9 @@ def copy_as(model: nn.Module, dtype=None) -> nn.Module:
     for b in model.buffers():
         if id(b) not in memo:
             memo[id(b)] = cast(b)
-    for m in model.modules():
-        for t in m.__dict__.values():
-            if isinstance(t, torch.Tensor) and not t.is_leaf and id(t) not in memo:
-                memo[id(t)] = t.detach().clone()
+    for kind, t in held(model):  # weight_norm's weight, a hook's stored output of a forward with gradients
+        if kind == "tensor" and not t.is_leaf and id(t) not in memo:
+            memo[id(t)] = t.detach().clone()
     return copy.deepcopy(model, memo)
 
 

@@ -16,7 +16,7 @@ from .planning import (POLICIES, CouplingSet, LayerChange, Plan, _layers_frame, 
                        plan)
 from .selfcheck import Check, NotExactError, first_difference
 from .shrink import apply_kept, mask_kept, mask_pruned, shrink_module
-from .transaction import Snapshot
+from .transaction import Snapshot, guard
 
 __all__ = ["prune", "apply", "plan", "Plan", "CouplingSet", "PruneReport", "LayerChange", "POLICIES", "shrink_module",
            "apply_kept", "mask_pruned", "mask_kept", "NotExactError"]
@@ -141,11 +141,14 @@ def apply(model: nn.Module, plan: Plan, *, verify: bool = True, example_inputs=N
     modules = dict(model.named_modules())
     size = plan.input_size
     before = (plan.params_before, plan.macs_before if count_macs else None)
-    check = Check(model, inputs, kept, plan.output_kept) if verify and kept else None
     snapshot = Snapshot(model, kept)
     try:
+        with guard(model):  # the checks and counts run forwards: what they write on the model is put back
+            check = Check(model, inputs, kept, plan.output_kept) if verify and kept else None
         _shrink_all(model, kept, modules)
-        failure = check.failure(model) if check else None
+        with guard(model):
+            failure = check.failure(model) if check else None
+            after = None if failure else _tally(model, size, count_macs and before[1] is not None)
         if failure:
             snapshot.restore()
             where = first_difference(model, inputs, kept, lambda name: _channels_of(plan, kept, name),
@@ -155,8 +158,6 @@ def apply(model: nn.Module, plan: Plan, *, verify: bool = True, example_inputs=N
                 f"mode its output differs from the original with the removed channels zeroed by {failure[1]:.1e} "
                 f"(relative, {str(check.dtype).replace('torch.', '')}); the outputs first part at module {where}. "
                 f"The model is left as it was; verify=False skips this check")
-        after = _tally(model, size, count_macs and before[1] is not None)
-        snapshot.restore_modes()
         done = {n: {d: v.tolist() for d, v in k.items()} for n, k in kept.items()}
         previous = getattr(model, "_gmlib_kept", None) or {}
         model._gmlib_kept = _compose(previous, done)

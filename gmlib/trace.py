@@ -3,13 +3,16 @@
 Every node is run as it is recorded (leaf modules in eval mode, attributes on copies), so each node has a value;
 `if h % 32` on sizes read from shapes takes the branch the example input takes and is remembered as a guard;
 control flow on tensor data still fails (the module becomes opaque: a branch on data is not the same for every input).
+A leaf module's forward hooks run on its output's proxy, as fx runs those of the modules it traces into, so a hook
+that stores the output for a later block (a U-Net's skip) is in the graph. Whatever the trace writes on the model
+(hook state, attributes) is put back when it ends (gmlib.transaction).
 """
 import torch
 from torch import fx
 
 from .layers import leaf_types
 from .rules import registered_types
-from .transaction import Snapshot
+from .transaction import evaluating, guard
 
 __all__ = ["trace", "Traced", "SHAPE_METHODS"]
 
@@ -18,6 +21,14 @@ SHAPE_METHODS = {"size", "dim", "numel", "ndimension", "nelement"}
 
 class _EvalError(Exception):
     """A node failed to run on the example input (not a tracing limitation)."""
+
+
+class _HookError(Exception):
+    """A leaf module's forward hook does not run on a proxy (it is then run on concrete values only)."""
+
+    def __init__(self, path):
+        super().__init__(path)
+        self.path = path
 
 
 class _Proxy(fx.Proxy):
@@ -40,9 +51,9 @@ class _Tracer(fx.Tracer):
     """Keeps convs, norms, activations (gmlib.layers), modules with a rule (gmlib.rules) and the `opaque` paths as leaves, runs every
     node as it is created, and remembers the innermost module a tracing failure happened in."""
 
-    def __init__(self, root, inputs, opaque=()):
+    def __init__(self, root, inputs, opaque=(), hooks_off=()):
         super().__init__()
-        self.root_module, self.inputs, self.opaque = root, list(inputs), set(opaque)
+        self.root_module, self.inputs, self.opaque, self.hooks_off = root, list(inputs), set(opaque), set(hooks_off)
         self.failed_at = None   # (path, type name)
         self.values = {}        # node -> its value on the example input
         self.shape_nodes = set()  # nodes whose value is computed from tensor shapes and constants only
@@ -57,13 +68,26 @@ class _Tracer(fx.Tracer):
         if self._evaluating:  # running a leaf on concrete values: fx's patched Module.__call__ must not record
             return forward(*args, **kwargs)
         try:
-            return super().call_module(m, forward, args, kwargs)
-        except _EvalError:
+            out = super().call_module(m, forward, args, kwargs)
+        except (_EvalError, _HookError):
             raise
         except Exception:
             if self.failed_at is None:
                 self.failed_at = (self.path_of_module(m), type(m).__name__)
             raise
+        path = self.path_of_module(m) if m._forward_hooks else None
+        if path is not None and path not in self.hooks_off and self.is_leaf_module(m, path):
+            try:
+                for key, hook in list(m._forward_hooks.items()):  # as Module.__call__ runs them
+                    result = hook(m, args, kwargs, out) if m._forward_hooks_with_kwargs.get(key) else hook(m, args, out)
+                    out = out if result is None else result
+            except Exception as e:
+                raise _HookError(path) from e
+        return out
+
+    def _hooks_on_proxy(self, m):
+        """Whether `m`'s forward hooks run on its proxy (then its concrete run leaves them out)."""
+        return bool(m._forward_hooks) and self.path_of_module(m) not in self.hooks_off
 
     def getattr(self, attr, attr_val, parameter_proxy_cache):
         return attr_val if self._evaluating else super().getattr(attr, attr_val, parameter_proxy_cache)
@@ -128,12 +152,14 @@ class _Tracer(fx.Tracer):
             if node.op == "call_method":
                 return getattr(args[0], node.target)(*args[1:], **kwargs)
             m = self.root_module.get_submodule(node.target)
-            modes = Snapshot(m)
-            m.eval()  # train-mode BatchNorm would move the user's running statistics
+            hooks = dict(m._forward_hooks) if self._hooks_on_proxy(m) else {}
+            for key in hooks:  # they run on the proxy (call_module): the value is the forward's alone
+                del m._forward_hooks[key]
             try:
-                return m(*args, **kwargs)
+                with evaluating(m):  # train-mode BatchNorm would move the user's running statistics
+                    return m(*args, **kwargs)
             finally:
-                modes.restore_modes()
+                m._forward_hooks.update(hooks)
         except Exception as e:
             raise _EvalError(f"{node.name}: {type(e).__name__}: {e}") from e
 
@@ -157,21 +183,23 @@ class Traced:
 def trace(model, example_inputs) -> Traced:
     """Trace `model` on `example_inputs`: a module whose forward fx cannot trace (control flow on data) becomes one
     opaque node, so the rest of the network still prunes; a failure in the root module's own forward is an error."""
-    opaque = []
+    with guard(model):
+        return _trace(model, example_inputs)
+
+
+def _trace(model, example_inputs):
+    opaque, hooks_off = [], []
     while True:
-        tracer = _Tracer(model, example_inputs, opaque)
+        tracer = _Tracer(model, example_inputs, opaque, hooks_off)
         try:
             graph = tracer.trace(model)
             return Traced(graph, tracer, opaque)
+        except _HookError as e:
+            hooks_off.append(e.path)
         except _EvalError as e:
             try:  # is it the inputs (the model itself fails) or the tracing?
-                with torch.no_grad():
-                    modes = Snapshot(model)
-                    model.eval()
-                    try:
-                        model(*example_inputs)
-                    finally:
-                        modes.restore_modes()
+                with torch.no_grad(), evaluating(model):
+                    model(*example_inputs)
             except Exception as e2:
                 raise ValueError(f"example_inputs do not run through the model ({type(e2).__name__}: {e2})") from e2
             raise TypeError(f"the traced graph of {type(model).__name__} fails where the model runs: {e}") from e

@@ -19,7 +19,8 @@ from . import metrics
 from .utils import atomic_open, default_device, release_freed_memory
 
 __all__ = ["bce_dice_loss", "weighted_bce", "soft_dice", "class_sums", "dice_from_sums", "dice_term", "fit", "evaluate",
-           "predict", "predictions", "padded_forward", "save_checkpoint", "MONITORS"]
+           "predict", "predictions", "padded_forward", "save_checkpoint", "MONITORS", "random_streams",
+           "set_random_states", "write_training_state", "read_training_state"]
 
 # Validation numbers `fit` can select the best epoch by.
 MONITORS = ("dice_kaggle", "dice_positive")
@@ -222,14 +223,14 @@ def fit(model: nn.Module, train_loader, val_loader, *, epochs: int, lr: float, w
     history, best_score, best_state = [], -math.inf, None
     recipe = {"epochs": epochs, "lr": float(lr), "weight_decay": float(weight_decay), "seed": seed, "monitor": monitor,
               "batches": len(train_loader), "validated": val_loader is not None}
-    streams = _random_streams(train_loader, val_loader)
+    streams = random_streams(train_loader, val_loader)
     done = 0
     if resume is not None and Path(resume).is_file():
-        state = _read_training_state(resume, recipe)
+        state = read_training_state(resume, recipe)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        _set_random_states(streams, state["random"])
+        set_random_states(streams, state["random"])
         history, best_score, best_state, done = state["history"], state["best_score"], state["best_state"], state["epoch"]
     epoch_bar = tqdm(range(done + 1, epochs + 1), desc="epochs", leave=False, disable=not progress)
     for epoch in epoch_bar:
@@ -260,7 +261,7 @@ def fit(model: nn.Module, train_loader, val_loader, *, epochs: int, lr: float, w
             if checkpoint is not None:
                 save_checkpoint(checkpoint, model, epoch=epoch, arch=arch)
             if resume is not None:
-                _write_training_state(resume, recipe, epoch, model, optimizer, scheduler, streams, history,
+                write_training_state(resume, recipe, epoch, model, optimizer, scheduler, streams, history,
                                       best_score, best_state)
             epoch_bar.set_postfix(loss=f"{row['train_loss']:.3f}")
             continue
@@ -276,7 +277,7 @@ def fit(model: nn.Module, train_loader, val_loader, *, epochs: int, lr: float, w
         history.append({**row, "val_loss": val["loss"], "val_dice_kaggle": val["dice_kaggle"],
                         "val_dice_positive": val["dice_positive"], "best": is_best})
         if resume is not None:
-            _write_training_state(resume, recipe, epoch, model, optimizer, scheduler, streams, history, best_score,
+            write_training_state(resume, recipe, epoch, model, optimizer, scheduler, streams, history, best_score,
                                   best_state)
         epoch_bar.set_postfix(loss=f"{row['train_loss']:.3f}", dice=f"{val[monitor]:.3f}")
     if restore_best and best_state is not None:
@@ -284,7 +285,7 @@ def fit(model: nn.Module, train_loader, val_loader, *, epochs: int, lr: float, w
     return pd.DataFrame(history)
 
 
-def _random_streams(*loaders) -> list:
+def random_streams(*loaders) -> list:  # also gmlib.classify's: one way to make a training resumable
     """The torch.Generators the loaders draw from (their own, their samplers', their datasets'), each once."""
     found = {}
     owners = [o for loader in loaders for o in (loader, getattr(loader, "sampler", None), getattr(loader, "dataset", None))]
@@ -295,7 +296,7 @@ def _random_streams(*loaders) -> list:
     return list(found.values())
 
 
-def _set_random_states(streams, states):
+def set_random_states(streams, states):
     torch.set_rng_state(states["torch"])
     if torch.cuda.is_available() and states.get("cuda"):
         torch.cuda.set_rng_state_all(states["cuda"])
@@ -303,7 +304,7 @@ def _set_random_states(streams, states):
         g.set_state(s)
 
 
-def _write_training_state(path, recipe, epoch, model, optimizer, scheduler, streams, history, best_score, best_state):
+def write_training_state(path, recipe, epoch, model, optimizer, scheduler, streams, history, best_score, best_state):
     random = {"torch": torch.get_rng_state(), "streams": [g.get_state() for g in streams],
               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
     state = {"recipe": recipe, "epoch": epoch, "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -313,7 +314,7 @@ def _write_training_state(path, recipe, epoch, model, optimizer, scheduler, stre
         torch.save(state, f)
 
 
-def _read_training_state(path, recipe) -> dict:
+def read_training_state(path, recipe) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - a truncated or foreign file: say which one, and what to do

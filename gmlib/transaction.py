@@ -1,43 +1,133 @@
-"""All or nothing: a snapshot of a model that puts it back exactly as it was if pruning fails half-way.
+"""All or nothing: a snapshot of a model that puts it back exactly as it was, whatever ran on it in between.
 
-The snapshot holds references, not copies: surgery replaces a module's tensors rather than writing into them, so
-putting back the old dicts restores the very Parameter objects (an optimizer built on them stays valid).
+It records every module's own state (train flag, attributes, hook tables) and, shallowly, what its attributes and
+hooks hold (a hook object's `stored`, a closure's dict): tracing, counting and checking run forwards that write
+there, fx Proxies included. With `names` it also keeps those modules' parameters and buffers: surgery replaces
+tensors rather than writing into them, so the old dicts put back are the very Parameter objects (an optimizer
+built on them stays valid). `guard(model)` restores on leaving the block (`guarded`: a function's whole call);
+`evaluating(model)` puts back only the train flags.
 """
+import functools
+import types
+from contextlib import contextmanager
+
+import torch
 from torch import nn
 
-__all__ = ["Snapshot"]
+__all__ = ["Snapshot", "guard", "guarded", "evaluating", "held"]
+
+_TENSOR_DICTS = ("_parameters", "_buffers", "_modules")  # surgery's and the module tree's, restored apart
+_DEPTH = 3  # how far from a module's attribute or hook the state of what it holds is kept
 
 
 class Snapshot:
-    """Every module's train/eval flag, plus the parameters, buffers and attributes of the modules named in `names`."""
+    """Each module's attributes, what its attributes and hooks hold, and the tensors of the modules in `names`."""
 
     def __init__(self, model: nn.Module, names=()):
-        self.model = model
-        self.modes = [(m, m.training) for m in model.modules()]
-        self.kept_attr = model.__dict__.get("_gmlib_kept", None), "_gmlib_kept" in model.__dict__
-        modules = dict(model.named_modules())
-        names = [n if n in modules else n.rpartition(".")[0] for n in names]  # a tensor's name: its owner module
-        self.state = [(modules[n], dict(modules[n]._parameters), dict(modules[n]._buffers),
-                       {k: v for k, v in modules[n].__dict__.items() if not k.startswith("_")})
-                      for n in dict.fromkeys(names) if n in modules]
-
-    def restore_modes(self):
-        for m, training in self.modes:
-            m.training = training
+        self.modules = [(m, {k: v for k, v in m.__dict__.items() if k not in _TENSOR_DICTS})
+                        for m in model.modules()]
+        self.held = [_put_back(kind, obj) for kind, obj in held(model) if kind != "tensor"]
+        owners = dict(model.named_modules())
+        names = [n if n in owners else n.rpartition(".")[0] for n in names]  # a tensor's name: its owner module
+        self.tensors = [(owners[n], dict(owners[n]._parameters), dict(owners[n]._buffers))
+                        for n in dict.fromkeys(names) if n in owners]
 
     def restore(self):
-        """Put back the modes, tensors and attributes recorded at construction."""
-        for m, params, buffers, attrs in self.state:
+        for m, params, buffers in self.tensors:
             m._parameters.clear()
             m._parameters.update(params)
             m._buffers.clear()
             m._buffers.update(buffers)
-            for k in [k for k in m.__dict__ if not k.startswith("_") and k not in attrs]:
+        for m, attrs in self.modules:
+            for k in [k for k in m.__dict__ if k not in _TENSOR_DICTS and k not in attrs]:
                 del m.__dict__[k]
             m.__dict__.update(attrs)
-        value, present = self.kept_attr
-        if present:
-            self.model._gmlib_kept = value
-        else:
-            self.model.__dict__.pop("_gmlib_kept", None)
-        self.restore_modes()
+        for put_back in self.held:
+            put_back()
+
+
+@contextmanager
+def guard(model: nn.Module):
+    """Run the block, then put back everything a forward or a hook could have written on `model` (any outcome)."""
+    snapshot = Snapshot(model)
+    try:
+        yield snapshot
+    finally:
+        snapshot.restore()
+
+
+def guarded(fn):
+    """`fn(model, ...)` run under `guard(model)` (a `model` that is not a Module is left to `fn` to refuse)."""
+    @functools.wraps(fn)
+    def run(model, *args, **kwargs):
+        if not isinstance(model, nn.Module):
+            return fn(model, *args, **kwargs)
+        with guard(model):
+            return fn(model, *args, **kwargs)
+    return run
+
+
+@contextmanager
+def evaluating(model: nn.Module):
+    """`model` in eval mode for the block; every module's own train flag put back after it."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in flags:
+            m.training = training
+
+
+def held(model: nn.Module):
+    """What the modules' attributes and hooks reach, depth-limited and each once: ("cell", closure cell),
+    ("state", a dict, list or set, or an object's __dict__) and ("tensor", a tensor that is not a parameter or
+    buffer of a module: a hook's stored output)."""
+    seen = set()
+
+    def visit(obj, depth):
+        if depth < 0 or id(obj) in seen or isinstance(obj, (nn.Module, type, types.ModuleType, str, bytes, int,
+                                                            float, complex, bool, type(None))):
+            return
+        seen.add(id(obj))
+        if isinstance(obj, torch.Tensor):
+            yield "tensor", obj
+        elif isinstance(obj, types.MethodType):
+            yield from visit(obj.__self__, depth)
+        elif isinstance(obj, types.FunctionType):
+            for cell in obj.__closure__ or ():
+                yield "cell", cell
+                try:
+                    yield from visit(cell.cell_contents, depth - 1)
+                except ValueError:  # an empty cell
+                    pass
+        elif isinstance(obj, functools.partial):
+            for v in (obj.func, *obj.args, *obj.keywords.values()):
+                yield from visit(v, depth - 1)
+        elif isinstance(obj, (dict, list, set)):
+            yield "state", obj
+            for v in list(obj.values() if isinstance(obj, dict) else obj):
+                yield from visit(v, depth - 1)
+        elif isinstance(getattr(obj, "__dict__", None), dict):
+            yield "state", obj.__dict__
+            for v in list(obj.__dict__.values()):
+                yield from visit(v, depth - 1)
+
+    for m in model.modules():
+        for k, v in list(m.__dict__.items()):
+            if k not in _TENSOR_DICTS:
+                yield from visit(v, _DEPTH)
+
+
+def _put_back(kind, obj):
+    """A callable that puts `obj` (a closure cell, a dict, list or set) back as it is now, in place."""
+    if kind == "cell":
+        try:
+            value = obj.cell_contents
+        except ValueError:
+            return lambda: None
+        return functools.partial(setattr, obj, "cell_contents", value)
+    saved = dict(obj) if isinstance(obj, dict) else list(obj)
+    if isinstance(obj, list):
+        return lambda: obj.__setitem__(slice(None), saved)
+    return lambda: (obj.clear(), obj.update(saved))

@@ -24,14 +24,15 @@ from gmlib.elpv import DESIGN, ElpvStudy, chosen_lr, planned_points  # noqa: E40
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--store", default=str(ROOT / "data" / "store"))
+    parser.add_argument("--data", default=str(ROOT / "data" / "synthetic"), help="the segmentation stages' strips")
     parser.add_argument("--only", nargs="+", choices=list(DESIGN["stages"]), help="stages to run (default: all)")
     parser.add_argument("--dry-run", action="store_true", help="list the missing points per stage and exit")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    study = ElpvStudy(args.store, progress=not args.dry_run)
+    study = ElpvStudy(args.store, progress=not args.dry_run, seg_data_dir=args.data, results_dir=ROOT / "results")
     for stage in args.only or DESIGN["stages"]:
-        if stage != "baselines" and study.baseline_missing():
+        if stage not in ("baselines", "resolution", "seg_baselines", "seg_grid") and study.baseline_missing():
             print(f"{stage}: waits for the pretrained baseline")
             continue
         points = planned_points(study, stage)

@@ -10,7 +10,9 @@ from PIL import Image
 
 from gmlib import classify, pretrained
 from gmlib.data import elpv as elpv_data
-from gmlib.elpv import DESIGN, ElpvStudy, fresh_init, planned_points
+import pandas as pd
+
+from gmlib.elpv import DESIGN, ElpvStudy, chosen_lr, fresh_init, planned_points
 from gmlib.store import Store
 
 
@@ -182,7 +184,88 @@ def test_every_experiment_runs_end_to_end_and_is_stored_once(tmp_path):
                       device="cpu")
     assert again.finetuned_point("random", 0.3, seed=1, epochs=1) == tuned  # read back, not recomputed
     assert {r.path: r.created for r in Store(tmp_path / "store").records()} == created
-    others = [s for s in DESIGN["resolutions"] if s != 64]  # the pretrained baseline at the other resolutions
-    assert planned_points(again, "baselines")[2:] == [dict(kind="baseline", pretrained=True, size=s) for s in others]
+    assert planned_points(again, "baselines") + planned_points(again, "scratch_baseline") == \
+        [dict(kind="baseline", pretrained=True), dict(kind="baseline", pretrained=False)]
+    assert [p["size"] for p in planned_points(again, "resolution")] == list(DESIGN["resolutions"])
     assert planned_points(again, "grid") == []  # waits for the lr stage, which reads validation only
     assert len(planned_points(again, "lr")) == len(DESIGN["lr_rates"]) * len(DESIGN["lr_candidates"])
+
+
+def test_a_killed_training_resumes_where_it_stopped_and_ends_as_an_unbroken_run(tmp_path, monkeypatch):
+    def setup():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 4))
+        x, y = torch.randn(24, 3, 8, 8), torch.randint(0, 4, (24,))
+        data = torch.utils.data.TensorDataset(x, y)
+        loader = torch.utils.data.DataLoader(data, batch_size=8, shuffle=True,
+                                             generator=torch.Generator().manual_seed(1))
+        return model, loader, torch.utils.data.DataLoader(data, batch_size=8)
+
+    model, train, val = setup()
+    whole = classify.fit_classifier(model, train, val, epochs=3, lr=1e-2, seed=0, progress=False)
+    reference = {k: v.clone() for k, v in model.state_dict().items()}
+
+    writes = []
+    real_write = classify.write_training_state
+
+    def write_then_die(*args):
+        real_write(*args)
+        writes.append(1)
+        if len(writes) == 2:
+            raise KeyboardInterrupt  # killed after its second epoch was saved
+
+    model, train, val = setup()
+    monkeypatch.setattr(classify, "write_training_state", write_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        classify.fit_classifier(model, train, val, epochs=3, lr=1e-2, seed=0, progress=False,
+                                resume=tmp_path / "state.pt")
+    monkeypatch.setattr(classify, "write_training_state", real_write)
+    model, train, val = setup()
+    resumed = classify.fit_classifier(model, train, val, epochs=3, lr=1e-2, seed=0, progress=False,
+                                      resume=tmp_path / "state.pt")
+    assert len(resumed) == 3
+    assert resumed.drop(columns="seconds").equals(whole.drop(columns="seconds"))
+    assert all(torch.equal(v, reference[k]) for k, v in model.state_dict().items())
+
+
+def test_the_segmentation_stages_run_an_fpn_on_the_pretrained_encoder(tmp_path):
+    study = ElpvStudy(tmp_path / "store", limit=40, size=64, progress=False, seg_data_dir=tmp_path / "strips",
+                      results_dir=tmp_path / "results", seg_profile="smoke")
+    assert study.run(dict(kind="seg_baseline", pretrained=True), compute=False) is None
+    base = study.run(dict(kind="seg_baseline", pretrained=True))
+    seg = study.segmentation(True)
+    assert seg.config.arch == "fpn_mobilenet_v2" and seg.baseline_config()["config"]["pretrained"] == \
+        {"sha256": pretrained.MOBILENET_V2.sha256}
+    assert study.segmentation(False).key() != seg.key()
+    point = dict(kind="seg_point", pretrained=True, criterion="l1", rate=0.3, seed=0)
+    assert not study.stored(point)
+    row = study.run(point)
+    assert study.stored(point) and row["macs_reduction"] > 0 and "dice_positive_after" in row
+    assert 0 <= base.scores["dice_kaggle"] <= 1
+
+
+def test_allocation_and_deployment_run_on_validation_choices_only(tmp_path, monkeypatch):
+    for key, value in {"lr_candidates": (1e-3, 1e-4), "lr_rates": (0.3,), "epochs": 1, "deploy_rates": (0.5,),
+                       "sensitivity_rates": (0.5,)}.items():
+        monkeypatch.setitem(DESIGN, key, value)
+    study = ElpvStudy(tmp_path / "store", limit=120, size=64, epochs=1, recal_batches=1, progress=False,
+                      results_dir=tmp_path / "results")
+    with pytest.raises(ValueError, match="lr stage"):
+        study.allocated_point("uniform", 0.3)
+    for point in planned_points(study, "lr"):
+        study.run(point)
+    lr = chosen_lr(study)
+    vals = {c: study.finetuned_point("fpgm", 0.3, epochs=1, lr=c)["val_balanced_accuracy_after"]
+            for c in DESIGN["lr_candidates"]}
+    assert vals[lr] == max(vals.values())  # chosen on validation
+    uniform = study.allocated_point("uniform", 0.3)
+    sens = study.allocated_point("sensitivity", 0.3)
+    for row in (uniform, sens):
+        assert abs(row["reached"] - 0.3) <= 0.0051 and "test_balanced_accuracy_after" in row
+    assert uniform["rates"] != sens["rates"]
+    table = study.sensitivity_table()
+    assert set(table["rate"]) == {0.5} and table.attrs["baseline_score"] < 0  # minus a loss
+    rows = pd.DataFrame(study.deployment(rounds=1)["rows"])
+    assert set(rows["runtime"]) == {"ort", "ort-int8"} and set(rows["rate"]) == {0.0, 0.5}
+    assert (rows["ms"] > 0).all() and rows.groupby("rate")["macs"].first()[0.5] < rows.groupby("rate")["macs"].first()[0.0]
+    assert Store(tmp_path / "store").problems() == []
