@@ -64,12 +64,16 @@ def test_the_missing_package_names_the_pip_command(monkeypatch):
         elpv_data.load_elpv()
 
 
-def test_the_installed_package_holds_the_published_counts():
-    data = elpv_data.load_elpv(limit=3)  # the whole set is read by the smoke test below; here only the labels
+def test_the_installed_package_holds_the_published_counts_and_the_readme_states_the_split():
+    assert elpv_data.load_elpv(limit=3).images.shape == (3, 300, 300)
     labels = (Path(elpv_data._package_root()) / "labels.csv").read_text().split()
     probs = np.array(labels[1::3], dtype=float)
-    assert len(probs) == 2624 and data.images.shape == (3, 300, 300)
+    assert len(probs) == 2624
     assert [int((np.abs(probs - p) < 1e-3).sum()) for p in elpv_data.PROBABILITIES] == [1508, 295, 106, 715]
+    _, classes, types = elpv_data.read_elpv_labels()
+    train, val, test = (len(part) for part in elpv_data.elpv_split(classes, types))
+    readme = " ".join((Path(__file__).resolve().parents[1] / "data" / "README.md").read_text().split())
+    assert f"{test} test cells" in readme and f"({val:,} cells" in readme and f"training ({train:,} cells)" in readme
 
 
 def test_the_split_is_stratified_disjoint_and_fixed():

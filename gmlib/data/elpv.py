@@ -16,7 +16,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
-__all__ = ["ELPV_PACKAGE", "ELPV_PIP", "PROBABILITIES", "CELL_TYPES", "Elpv", "load_elpv", "elpv_split",
+__all__ = ["ELPV_PACKAGE", "ELPV_PIP", "PROBABILITIES", "CELL_TYPES", "Elpv", "read_elpv_labels", "load_elpv", "elpv_split",
            "ElpvDataset", "ELPV_MEAN", "ELPV_STD"]
 
 ELPV_PACKAGE = "elpv_dataset"
@@ -71,14 +71,10 @@ def _read_cell(path: Path) -> np.ndarray:
     return cell
 
 
-def load_elpv(root=None, limit: int | None = None) -> Elpv:
-    """Read labels.csv and the images from the installed `elpv_dataset` package (or a folder in its layout).
-
-    `limit` reads only the first n cells (tests). A missing package names the pip command; a bad row or image
-    names its file.
-    """
-    root = _package_root(root)
-    labels = root / "labels.csv"
+def read_elpv_labels(root=None, limit: int | None = None) -> tuple:
+    """(file names, grade indices, cell types) from labels.csv, without reading an image; a bad row names its
+    file and line."""
+    labels = _package_root(root) / "labels.csv"
     if not labels.is_file():
         raise FileNotFoundError(f"{labels}: ELPV labels missing (reinstall with `{ELPV_PIP}`)")
     names, classes, types = [], [], []
@@ -97,8 +93,19 @@ def load_elpv(root=None, limit: int | None = None) -> Elpv:
         names.append(name), classes.append(cls), types.append(kind)
         if limit is not None and len(names) >= limit:
             break
+    return tuple(names), np.array(classes, dtype=np.int64), np.array(types)
+
+
+def load_elpv(root=None, limit: int | None = None) -> Elpv:
+    """Read labels.csv and the images from the installed `elpv_dataset` package (or a folder in its layout).
+
+    `limit` reads only the first n cells (tests). A missing package names the pip command; a bad row or image
+    names its file.
+    """
+    root = _package_root(root)
+    names, classes, types = read_elpv_labels(root, limit)
     images = np.stack([_read_cell(root / n) for n in names])
-    return Elpv(images=images, classes=np.array(classes, dtype=np.int64), types=np.array(types), names=tuple(names))
+    return Elpv(images=images, classes=classes, types=types, names=names)
 
 
 def elpv_split(classes, types, *, test_fraction: float = 0.25, val_fraction: float = 0.15, seed: int = 0):
