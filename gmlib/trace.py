@@ -58,6 +58,7 @@ class _Tracer(fx.Tracer):
         self.values = {}        # node -> its value on the example input
         self.shape_nodes = set()  # nodes whose value is computed from tensor shapes and constants only
         self.guards = []        # shape-derived nodes whose concrete value the trace relied on (branches, int())
+        self.hook_nodes = []    # nodes a leaf's hooks recorded: those nothing reads are dropped after the trace
         self._leaves = leaf_types() + registered_types()
         self._evaluating = False
 
@@ -77,12 +78,14 @@ class _Tracer(fx.Tracer):
             raise
         path = self.path_of_module(m) if m._forward_hooks else None
         if path is not None and path not in self.hooks_off and self.is_leaf_module(m, path):
+            before = len(self.graph.nodes)
             try:
                 for key, hook in list(m._forward_hooks.items()):  # as Module.__call__ runs them
                     result = hook(m, args, kwargs, out) if m._forward_hooks_with_kwargs.get(key) else hook(m, args, out)
                     out = out if result is None else result
             except Exception as e:
                 raise _HookError(path) from e
+            self.hook_nodes += list(self.graph.nodes)[before:]
         return out
 
     def _hooks_on_proxy(self, m):
@@ -193,6 +196,9 @@ def _trace(model, example_inputs):
         tracer = _Tracer(model, example_inputs, opaque, hooks_off)
         try:
             graph = tracer.trace(model)
+            for node in reversed(tracer.hook_nodes):  # what a hook only logs (o.mean()) is no op of the network
+                if not node.users:
+                    graph.erase_node(node)
             return Traced(graph, tracer, opaque)
         except _HookError as e:
             hooks_off.append(e.path)

@@ -251,6 +251,16 @@ def test_a_model_holding_a_forward_with_gradients_is_checked():
     assert held(model) == before
 
 
+def test_a_hook_that_logs_a_statistic_of_its_output_does_not_freeze_its_channels():
+    model = fingerprint(nn.Sequential(cbr(3, 8), cbr(8, 8), nn.Conv2d(8, 2, 1)).double()).eval()
+    means = []
+    model[0][2].register_forward_hook(lambda m, args, out: means.append(out.mean(dim=(0, 2, 3))))
+    original, pruned = copy.deepcopy(model), model
+    report = gmlib.prune(pruned, X, 0.5)
+    assert pruned[0][0].out_channels == 4 and not report.frozen_reason.startswith("feeds")
+    assert means == [] and check_exact(original, pruned, X) < EXACT_TOL
+
+
 # ------------------------------------------------------------------------------------------- CoordConv
 
 @pytest.mark.parametrize("policy", ["or-merge", "coupled"])
