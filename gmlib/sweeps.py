@@ -13,7 +13,7 @@ from collections import defaultdict
 import pandas as pd
 from tqdm.auto import tqdm
 
-__all__ = ["figure5_design", "design_of_notebook", "seeds_of", "work_units", "collect"]
+__all__ = ["figure5_design", "defaults_of", "design_of_notebook", "seeds_of", "work_units", "collect"]
 
 GRIDS = ("main", "policies", "budgets", "scratch", "lrs", "baseline_seeds")
 
@@ -70,12 +70,17 @@ def figure5_design(epoch_steps, *, rates, criteria, seeds, budget=0.25, policy="
     return grids
 
 
+def defaults_of(path) -> dict:
+    """A chapter's parameters as its parameters cell sets them ({UPPER_CASE name: value}, read as papermill reads
+    them): how one chapter asks for the records another made."""
+    import papermill
+    return {name: ast.literal_eval(p["default"]) for name, p in papermill.inspect_notebook(str(path)).items()}
+
+
 def design_of_notebook(path, epoch_steps, **overrides) -> dict:
     """`figure5_design` from a chapter's parameters cell (its defaults, as papermill reads them, then
     `overrides`, both by UPPER_CASE name; SEED is the baseline seed): the grids the chapter will ask for."""
-    import papermill
-    values = {name: ast.literal_eval(p["default"]) for name, p in papermill.inspect_notebook(str(path)).items()}
-    values.update(overrides)
+    values = {**defaults_of(path), **overrides}
     wanted = set(inspect.signature(figure5_design).parameters) - {"epoch_steps", "baseline_seed"}
     kwargs = {name.lower(): v for name, v in values.items() if name.lower() in wanted}
     return figure5_design(epoch_steps, baseline_seed=values.get("SEED", 0), **kwargs)
