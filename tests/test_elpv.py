@@ -273,3 +273,33 @@ def test_allocation_and_deployment_run_on_validation_choices_only(tmp_path, monk
     assert set(rows["runtime"]) == {"ort", "ort-int8"} and set(rows["rate"]) == {0.0, 0.5}
     assert (rows["ms"] > 0).all() and rows.groupby("rate")["macs"].first()[0.5] < rows.groupby("rate")["macs"].first()[0.0]
     assert Store(tmp_path / "store").problems() == []
+
+
+def test_chapter_13s_tables_read_the_store_and_call_by_the_rule(tmp_path, monkeypatch):
+    from gmlib import elpv_tables, verdicts
+    for key, value in {"lr_candidates": (1e-3,), "lr_rates": (0.3,), "epochs": 1, "criteria": ("fpgm", "l1"),
+                       "rates": (0.3,), "seeds": {"fpgm": 2, "l1": 2}}.items():
+        monkeypatch.setitem(DESIGN, key, value)
+    study = ElpvStudy(tmp_path / "store", limit=120, size=64, epochs=1, recal_batches=1, progress=False,
+                      results_dir=tmp_path / "results")
+    assert elpv_tables.progress(study).set_index("stage").loc["baselines", "stored"] == 0
+    assert elpv_tables.grid(study).empty and elpv_tables.baselines(study).empty  # nothing stored: nothing shown
+    for stage in ("baselines", "lr", "grid"):
+        for point in planned_points(study, stage):
+            study.run(point)
+    done = elpv_tables.progress(study).set_index("stage")
+    assert (done.loc[["baselines", "lr", "grid"], "stored"] == done.loc[["baselines", "lr", "grid"], "planned"]).all()
+    assert done.loc["grid", "planned"] == 2 + 4  # pruned: one per criterion; fine-tuned: two seeds each
+    points = elpv_tables.grid(study)
+    assert len(points) == 4 and set(points["criterion"]) == {"fpgm", "l1"}
+    base = study.baseline()
+    f5 = elpv_tables.figure5(points, base.test["balanced_accuracy"])
+    assert len(f5) == 2 and set(f5["call"]) <= {"within the bar", "beyond the bar", "undecided"}
+    fpgm = points[points.criterion == "fpgm"]
+    assert f5.set_index("criterion").loc["fpgm", "mean"] == pytest.approx(
+        (base.test["balanced_accuracy"] - fpgm["test_balanced_accuracy_after"]).mean())
+    pairs = elpv_tables.paired(points)
+    assert list(pairs["comparison"]) == ["fpgm − l1"] and pairs["call"].iloc[0] in verdicts.CALLS
+    kept = elpv_tables.function_kept(study)
+    assert len(kept) == 2 and kept["agree, recalibrated"].between(0, 1).all()
+    assert elpv_tables.lr_choice(study)[1] == 1e-3
