@@ -3,7 +3,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["count", "count_by_module"]
+__all__ = ["count", "count_by_module", "tally"]
 
 
 def count(model: nn.Module, input_size) -> tuple[int, int]:
@@ -14,6 +14,13 @@ def count(model: nn.Module, input_size) -> tuple[int, int]:
     """
     params, macs, _ = count_by_module(model, input_size)
     return params, macs
+
+
+def tally(model: nn.Module, input_size=None, macs: bool = True) -> tuple[int, int | None]:
+    """(params, MACs) as `count`, or (params, None) without an `input_size` or when `macs` is False (no forward)."""
+    if input_size and macs:
+        return count(model, input_size)
+    return sum(p.numel() for p in model.parameters()), None
 
 
 def count_by_module(model: nn.Module, input_size) -> tuple[int, int, dict]:

@@ -48,7 +48,6 @@ class ChannelGraph:
     warnings: list = field(default_factory=list)
     conv_out: dict = field(default_factory=dict)  # conv name -> the spaces of its output (for coverage)
     layouts: dict = field(default_factory=dict)   # module name -> the spaces of its (first) output
-    kept_space: dict = field(default_factory=dict)  # set by prune: space root -> its kept indices
     outputs: list = field(default_factory=list)  # the layout of each tensor the model returns, in return order
 
 
@@ -99,7 +98,7 @@ def analyse(model: nn.Module, example_inputs, *, keep_outputs: bool = True) -> C
         layout[node] = result
         if result:
             nonzero[node] = _nonzero(node, ctx.modules, nonzero, x, layout)
-        if x is not None and nonzero.get(x) and any(u.role in ("conv_in", "linear_in") and u.layout is lin
+        if x is not None and nonzero.get(x) and any(u.reads_inputs and u.layout is lin
                                                     for u in ctx.uses[n_uses:]):
             for part, why in _nonzero_parts(x, nonzero, layout):
                 sp.freeze(part, f"a map with f(0) != 0 ({why}) between removed channels and their reader")

@@ -16,11 +16,11 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .complexity import count, count_by_module
+from .complexity import count_by_module, tally
 from .criteria import CRITERIA, is_criterion, select_filters
 from .graph import analyse
 from .rules import rule_for
-from .shrink import shrink_module, shrink_named
+from .shrink import apply_kept
 from .selfcheck import copy_as
 from .transaction import guarded
 
@@ -100,7 +100,7 @@ class Plan:
         return pd.DataFrame(rows, columns=["set", "members", "first", "size", "rate", "kept", "pruned", "reason"])
 
     def layers_frame(self) -> pd.DataFrame:
-        return _layers_frame(self.layers)
+        return layers_frame(self.layers)
 
     def summary(self) -> str:
         s = f"plan(rate={self.rate!r}, criterion={self.criterion!r}, policy={self.policy!r}): "
@@ -154,7 +154,8 @@ class Plan:
                                  f"was made for shape {tuple(shape)} (a plan applies once, to the model it was made on)")
 
 
-def _layers_frame(layers) -> pd.DataFrame:
+def layers_frame(layers) -> pd.DataFrame:
+    """One row per LayerChange: its widths before and after, the sparsity reached, its coupling set and note."""
     rows = [dict(name=l.name, kind=l.kind, rate=l.rate, in_before=l.in_before, in_after=l.in_after,
                  out_before=l.out_before, out_after=l.out_after, sparsity=l.sparsity, coupling_set=l.coupling_set,
                  note=l.note) for l in layers]
@@ -205,7 +206,7 @@ def plan(model: nn.Module, example_inputs, rate, *, criterion: str = "fpgm", pol
         params_before, macs_before, module_macs = sum(p.numel() for p in model.parameters()), None, None
 
     for u in graph.uses:  # an ignored norm/Linear/depthwise conv keeps every channel it reads
-        if u.role != "conv_in" and _under(u.module, ignored):
+        if u.role != "conv_in" and _under(u.module, ignored):  # an ignored conv's own filters are kept apart
             sp.freeze(u.layout, f"read by ignored layer {u.module!r}")
     warnings = list(graph.warnings)
     kept_space, set_of, notes, set_reason, sets, opened = {}, {}, {}, {}, [], []
@@ -259,13 +260,13 @@ def plan(model: nn.Module, example_inputs, rate, *, criterion: str = "fpgm", pol
                   _inputs=(example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs))
     result.module_macs = module_macs
     result.output_kept = [None if k is None else k.tolist()
-                          for k in (_layout_kept(sp, o, kept_space) if o else None for o in graph.outputs)]
+                          for k in (sp.layout_kept(o, kept_space) if o else None for o in graph.outputs)]
     result.groups = {n: m.groups for n, m in model.named_modules() if isinstance(getattr(m, "groups", None), int)
                      and isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))}
     if sizes_after:
         twin = copy_as(model)
-        _shrink_all(twin, kept, dict(twin.named_modules()))
-        result.params_after, result.macs_after = _tally(twin, size, count_macs)
+        apply_kept(twin, kept)
+        result.params_after, result.macs_after = tally(twin, size, count_macs)
     result.kept = {n: {d: v.tolist() for d, v in k.items()} for n, k in kept.items()}
     return result
 
@@ -288,21 +289,6 @@ def estimate_macs(plan: Plan) -> int | None:
         scaled = macs * layer.out_after * layer.in_after * g // (layer.out_before * layer.in_before * g_after)
         total += scaled - macs
     return int(total)
-
-
-def _shrink_all(model, kept, modules):
-    for name, k in kept.items():
-        if name in modules:
-            shrink_module(modules[name], k.get("out"), k.get("in"))
-        else:  # a bare per-channel parameter (gmlib.rules.params)
-            shrink_named(modules, name, k)
-
-
-def _tally(model, size, count_macs):
-    """(params, MACs or None)."""
-    if size and count_macs:
-        return count(model, size)
-    return sum(p.numel() for p in model.parameters()), None
 
 
 def _global_rates(graph, opened, scored, rate, max_rate, criterion):
@@ -468,30 +454,24 @@ def _coverage(graph, set_reason):
     return prunable / total, {k: v / total for k, v in sorted(frozen.items(), key=lambda kv: -kv[1])}
 
 
-def _layout_kept(sp, layout, kept_space):
-    """Kept indices along a layout of spaces laid side by side (None when none of them loses a channel)."""
-    return sp.layout_kept(layout, kept_space)
-
-
 def _kept_indices(graph, kept_space):
     """Per module name: {"out": LongTensor, "in": LongTensor} for every dim that loses channels."""
     sp = graph.spaces
-    graph.kept_space = kept_space
     kept = {}
     for r, k in kept_space.items():
         for p in sp.producers[r]:  # each producer's rule turns the space's indices into rows of its modules
-            for name, rows in p.rule.expand(graph, p, k, sp.size[r]).items():
-                kept.setdefault(name, {})["out"] = rows
+            if p.part and getattr(p.rule, "splits", False):  # a piece of a split space: rows of all its pieces
+                rows = {p.name: sp.layout_kept(graph.conv_out[p.name], kept_space)}
+            else:
+                rows = p.rule.expand(graph, p, k, sp.size[r])
+            for name, idx in rows.items():
+                kept.setdefault(name, {})["out"] = idx
     for u in graph.uses:
-        k = _layout_kept(sp, u.layout, kept_space)
+        k = sp.layout_kept(u.layout, kept_space)
         if k is None:
             continue
-        if u.role in ("conv_in", "linear_in"):
-            kept.setdefault(u.module, {})["in"] = k
-        elif u.role == "depthwise":  # channel i in is channel i out
-            kept.setdefault(u.module, {}).update(out=k, **{"in": k})
-        else:  # norm
-            kept.setdefault(u.module, {})["out"] = k
+        for d in u.dims:
+            kept.setdefault(u.module, {})[d] = k
     return kept
 
 

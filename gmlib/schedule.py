@@ -24,7 +24,7 @@ from .utils import atomic_open
 __all__ = ["prune_and_score", "one_shot", "iterative", "IterativeResult", "rate_for_macs"]
 
 
-def _scalars(scores, suffix):
+def scalars(scores, suffix):
     if not isinstance(scores, dict):
         raise TypeError(f"evaluate must return a dict of scores, got {type(scores).__name__}")
     return {f"{k}{suffix}": float(v) for k, v in scores.items() if isinstance(v, (int, float))}
@@ -54,11 +54,11 @@ def prune_and_score(model: nn.Module, example_inputs, rate: float, *, evaluate, 
     start = time.perf_counter()
     pruned = copy.deepcopy(model)
     report = prune(pruned, example_inputs, rate, criterion=criterion, policy=policy, seed=seed, **prune_kwargs)
-    scores = _scalars(evaluate(pruned), "_before") if evaluate_before else {}
+    scores = scalars(evaluate(pruned), "_before") if evaluate_before else {}
     if recalibrate is not None:
         recalibrate(pruned)
         if evaluate_before:
-            scores.update(_scalars(evaluate(pruned), "_recal"))
+            scores.update(scalars(evaluate(pruned), "_recal"))
     return pruned, report, scores, time.perf_counter() - start
 
 
@@ -92,7 +92,7 @@ def one_shot(model: nn.Module, example_inputs, rate: float, *, finetune, evaluat
         finetune(tuned, seed)
         seconds = prune_seconds + time.perf_counter() - start
         rows.append({"criterion": criterion, "policy": policy, "rate": rate, "seed": seed, **_size(report),
-                     **before, **_scalars(evaluate(tuned), "_after"), "seconds": seconds})
+                     **before, **scalars(evaluate(tuned), "_after"), "seconds": seconds})
     return pd.DataFrame(rows)
 
 
@@ -186,9 +186,9 @@ def iterative(model: nn.Module, example_inputs, rates, *, finetune, evaluate, me
             raise KeyError(f"evaluate() returned no {metric!r} (it has {', '.join(scores)})")
         row = {"step": 0, "rate": 0.0, "step_rate": 0.0, "params": sum(p.numel() for p in model.parameters()),
                "macs": count(model, tuple(x.shape[1:]))[1] if x.dim() == 4 else None,
-               "params_reduction": 0.0, "macs_reduction": 0.0, **_scalars(scores, "_before"),
-               **(_scalars(scores, "_recal") if recalibrate is not None else {}),
-               **_scalars(scores, "_after"), "seconds": 0.0, "within_tolerance": True, "stop": False}
+               "params_reduction": 0.0, "macs_reduction": 0.0, **scalars(scores, "_before"),
+               **(scalars(scores, "_recal") if recalibrate is not None else {}),
+               **scalars(scores, "_after"), "seconds": 0.0, "within_tolerance": True, "stop": False}
         history = [row]
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
@@ -206,12 +206,12 @@ def iterative(model: nn.Module, example_inputs, rates, *, finetune, evaluate, me
         start = time.perf_counter()
         report = prune(current, example_inputs, step_rate, criterion=criterion, policy=policy,
                        seed=seed * 1000 + k, **prune_kwargs)
-        before = _scalars(evaluate(current), "_before")
+        before = scalars(evaluate(current), "_before")
         if recalibrate is not None:
             recalibrate(current)
-            before.update(_scalars(evaluate(current), "_recal"))
+            before.update(scalars(evaluate(current), "_recal"))
         finetune(current, seed * 1000 + k)
-        after = _scalars(evaluate(current), "_after")
+        after = scalars(evaluate(current), "_after")
         size = {"params": report.params_after, "macs": report.macs_after,
                 "params_reduction": 100.0 * (1 - report.params_after / base["params"]),
                 "macs_reduction": 100.0 * (1 - report.macs_after / base["macs"]) if base["macs"] else math.nan}

@@ -10,7 +10,7 @@ from torch import nn
 
 from .shrink import apply_kept, mask_kept
 from .transaction import held
-from .verify import _flat
+from .verify import flat_outputs
 
 __all__ = ["NotExactError", "Check", "first_difference", "copy_as", "TOLERANCE"]
 
@@ -53,7 +53,7 @@ def _run(model, inputs, mode, seed=0):
     _set_mode(model, mode)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return [t.detach().clone() for t in _flat(model(*inputs))]
+        return [t.detach().clone() for t in flat_outputs(model(*inputs))]
 
 
 def _error(ref, out):

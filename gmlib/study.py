@@ -26,7 +26,7 @@ from . import data, metrics, models, train
 from .allocation import TABLE_COLUMNS, allocate, sensitivity
 from .graph import analyse
 from .recalibrate import recalibrate_bn
-from .schedule import _scalars, iterative, prune_and_score
+from .schedule import iterative, prune_and_score, scalars
 from .store import Store, frame_rows
 from .surgery import apply_kept, prune
 from .utils import default_device
@@ -426,7 +426,7 @@ class Study:
         def compute():
             pruned, *_ = self._prune(criterion, rate, policy, seed, False)
             history = self.finetune(pruned, seed, steps=steps, lr=lr)
-            return {**_scalars(self.evaluate(pruned), "_after"),
+            return {**scalars(self.evaluate(pruned), "_after"),
                     "train_loss": float(history["train_loss"].iloc[-1])}
         return self.store.fetch("finetuned", config, compute).result
 
@@ -493,7 +493,7 @@ class Study:
             def compute():
                 model = self.scratch_like(pruned, seed=100 + seed)
                 self.finetune(model, seed, steps=steps, lr=lr)
-                return _scalars(self.evaluate(model), "_after")
+                return scalars(self.evaluate(model), "_after")
             config = {**arch, "scratch": "budget", **budget}
         else:
             def train_scratch():
@@ -507,7 +507,7 @@ class Study:
             def compute():
                 model = self._load_weights(self.scratch_like(pruned, seed=100 + seed), trained.tensors())
                 self.finetune(model, seed, steps=steps, lr=lr)
-                return _scalars(self.evaluate(model), "_after")
+                return scalars(self.evaluate(model), "_after")
             config = {**arch, "scratch": trained.key, **budget}
         tuned = self.store.fetch("finetuned", config, compute)
         return {"criterion": "scratch", "recipe": recipe, "architecture": criterion, "policy": policy,
@@ -594,7 +594,7 @@ class Study:
         def compute_tuned():
             pruned, *_ = prune_it(False)
             history = self.finetune(pruned, seed)
-            return {**_scalars(self.evaluate(pruned), "_after"), "train_loss": float(history["train_loss"].iloc[-1])}
+            return {**scalars(self.evaluate(pruned), "_after"), "train_loss": float(history["train_loss"].iloc[-1])}
         pruned = self.store.fetch("pruned", config, compute_pruned).result
         tuned = self.store.fetch("finetuned", tuned_config, compute_tuned).result
         return {"method": method, "cut": float(cut), "criterion": criterion, "policy": policy, "seed": seed,

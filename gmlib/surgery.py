@@ -12,8 +12,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .planning import (POLICIES, CouplingSet, LayerChange, Plan, _layers_frame, _layout_kept, _shrink_all, _tally,
-                       plan)
+from .complexity import tally
+from .planning import POLICIES, CouplingSet, LayerChange, Plan, layers_frame, plan
 from .selfcheck import Check, NotExactError, first_difference
 from .shrink import apply_kept, mask_kept, mask_pruned, shrink_module
 from .transaction import Snapshot, guard
@@ -62,7 +62,7 @@ class PruneReport:
         return f"{100 * share:.1f}% of conv output channels kept because: {reason}"
 
     def to_frame(self) -> pd.DataFrame:
-        return _layers_frame(self.layers)
+        return layers_frame(self.layers)
 
     def summary(self) -> str:
         s = f"prune(rate={self.rate!r}, criterion={self.criterion!r}, policy={self.policy!r})"
@@ -138,17 +138,16 @@ def apply(model: nn.Module, plan: Plan, *, verify: bool = True, example_inputs=N
         raise ValueError("this plan was read back without its example inputs: pass example_inputs= to verify, "
                          "or verify=False")
     kept = {n: {d: torch.as_tensor(v, dtype=torch.long) for d, v in k.items()} for n, k in plan.kept.items()}
-    modules = dict(model.named_modules())
     size = plan.input_size
     before = (plan.params_before, plan.macs_before if count_macs else None)
     snapshot = Snapshot(model, kept)
     try:
         with guard(model):  # the checks and counts run forwards: what they write on the model is put back
             check = Check(model, inputs, kept, plan.output_kept) if verify and kept else None
-        _shrink_all(model, kept, modules)
+        apply_kept(model, kept)
         with guard(model):
             failure = check.failure(model) if check else None
-            after = None if failure else _tally(model, size, count_macs and before[1] is not None)
+            after = None if failure else tally(model, size, count_macs and before[1] is not None)
         if failure:
             snapshot.restore()
             where = first_difference(model, inputs, kept, lambda name: _channels_of(plan, kept, name),
@@ -182,7 +181,7 @@ def _channels_of(plan, kept, name):
         return kept[name]["out"]
     graph = plan._graph
     layout = graph.layouts.get(name) if graph is not None else None
-    return _layout_kept(graph.spaces, layout, plan._kept_space) if layout else None
+    return graph.spaces.layout_kept(layout, plan._kept_space) if layout else None
 
 
 def _compose(previous, new):

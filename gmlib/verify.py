@@ -9,7 +9,7 @@ import copy
 import torch
 from torch import nn
 
-__all__ = ["fingerprint", "survivors", "masked_reference", "check_exact"]
+__all__ = ["fingerprint", "survivors", "masked_reference", "check_exact", "flat_outputs"]
 
 
 @torch.no_grad()
@@ -146,16 +146,17 @@ def check_exact(original: nn.Module, pruned: nn.Module, example_inputs) -> float
         a, b = pruned(*example_inputs), ref(*example_inputs)
     finally:
         pruned.train(was)
-    a, b = _flat(a), _flat(b)
+    a, b = flat_outputs(a), flat_outputs(b)
     if [t.shape for t in a] != [t.shape for t in b]:
         raise ValueError(f"output shapes differ: {[tuple(t.shape) for t in a]} vs {[tuple(t.shape) for t in b]}")
     scale = max(float(t.abs().max()) for t in b) or 1.0
     return max(float((x - y).abs().max()) for x, y in zip(a, b)) / scale
 
 
-def _flat(out):
+def flat_outputs(out) -> list:
+    """The tensors of a model's output (a tensor, or nested tuples, lists and dicts of them), in order."""
     if isinstance(out, torch.Tensor):
         return [out]
     if isinstance(out, dict):
         out = list(out.values())
-    return [t for o in out for t in _flat(o)]
+    return [t for o in out for t in flat_outputs(o)]

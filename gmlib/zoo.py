@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from .store import Store, frame_rows, record_frame
 from .surgery import NotExactError, prune
 from .utils import package_version
-from .verify import _flat, check_exact, fingerprint
+from .verify import check_exact, fingerprint, flat_outputs
 
 __all__ = ["FAMILIES", "SEGMENTATION", "SMP_ENCODER", "create", "ZooResult", "try_family", "try_torch_pruning",
            "torch_pruning_step", "zoo_table", "stored_zoo_table", "unused_params", "run_cut", "EXACT_TOL"]
@@ -212,7 +212,7 @@ def unused_params(model: nn.Module, example_inputs) -> int:
     reading as a share of the parameters that run."""
     twin = copy.deepcopy(model)
     inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
-    sum(t.sum() for t in _flat(twin(*inputs))).backward()
+    sum(t.sum() for t in flat_outputs(twin(*inputs))).backward()
     return sum(p.numel() for p in twin.parameters() if p.requires_grad and p.grad is None)
 
 

@@ -297,12 +297,12 @@ def test_a_bare_parameter_added_rather_than_multiplied_is_kept():
 def test_a_wrong_cut_of_a_bare_parameter_is_caught_and_put_back(monkeypatch):
     from gmlib import shrink
     from gmlib.surgery import NotExactError
-    real = shrink.shrink_tensor
+    real = shrink.shrink_parameter
 
     def wrong(m, attr, out):  # keeps as many entries as asked, but the last ones rather than the kept ones
         real(m, attr, list(range(getattr(m, attr).shape[0]))[-len(out):])
 
-    monkeypatch.setattr(shrink, "shrink_tensor", wrong)
+    monkeypatch.setattr(shrink, "shrink_parameter", wrong)
     net = fingerprint(BareScale().double().eval())
     before = net.layer_scale
     with pytest.raises(NotExactError):

@@ -84,14 +84,14 @@ def test_a_wrong_pruning_is_refused_and_the_model_restored(wrong_rule, dtype):
 def test_a_failure_half_way_through_the_surgery_restores_the_model(monkeypatch):
     model, _ = user_model(torch.float32)
     before = state(model)
-    real, done = gmlib.planning.shrink_module, []
+    real, done = gmlib.shrink.shrink_module, []
 
     def fails_third(m, out=None, in_=None):
         if len(done) == 2:
             raise RuntimeError("a rule refuses here")
         done.append(m)
         real(m, out, in_)
-    monkeypatch.setattr(gmlib.planning, "shrink_module", fails_third)
+    monkeypatch.setattr(gmlib.shrink, "shrink_module", fails_third)
     with pytest.raises(RuntimeError, match="refuses"):
         gmlib.prune(model, X, 0.5)
     assert len(done) == 2

@@ -6,10 +6,12 @@ the spaces laid along dim 1 of the module's input (its *layout*) and returns the
 the way which modules read which spaces (`ctx.read`) and which produce new ones (`ctx.new_space(..., producer)`).
 When pruning keeps indices k of a space of n channels (0 <= k < n), each producer's rule turns them into kept output
 rows of its modules (`expand`; a conv keeps rows k, a block whose channel j is rows r*n + j of a conv keeps
-{r*n + k}), each reader keeps k along its input, and `shrink` cuts the module's tensors to those indices.
+{r*n + k}), each reader keeps k along its input, `shrink` cuts the module's tensors to those indices and `mask`
+zeroes what they drop instead (the masked original that `prune`'s self-check compares with).
 """
 import importlib
 
+import torch
 from torch import nn
 
 from ..criteria import filter_scores
@@ -44,10 +46,24 @@ class Producer(tuple):
 
 class Use:
     """A module that reads channels: `role` says along which dims it keeps a space's indices: "conv_in" and
-    "linear_in" (input columns), "norm" (its per-channel rows), "depthwise" (channel c in is channel c out: both)."""
+    "linear_in" (input columns), "norm" and "param" (its per-channel rows), "depthwise" (channel c in is channel
+    c out: both). `dims` are those dims' names in a plan's kept indices ("in", "out")."""
+    DIMS = {"conv_in": ("in",), "linear_in": ("in",), "depthwise": ("out", "in"), "norm": ("out",),
+            "param": ("out",)}
 
     def __init__(self, module: str, role: str, layout: tuple):
+        if role not in self.DIMS:
+            raise ValueError(f"unknown role {role!r} of a use of {module!r}; one of {', '.join(self.DIMS)}")
         self.module, self.role, self.layout = module, role, layout
+
+    @property
+    def dims(self) -> tuple:
+        return self.DIMS[self.role]
+
+    @property
+    def reads_inputs(self) -> bool:
+        """It sums its input channels (a conv's or Linear's columns): a removed channel's value there counts."""
+        return self.dims == ("in",)
 
     def __repr__(self):
         return f"Use({self.module!r}, {self.role!r}, {self.layout})"
@@ -69,8 +85,9 @@ class ModuleRule:
 
     Override `analyse` (required); `scores` and `expand` for the producers the rule creates (the defaults treat
     the producer as a conv whose weight rows are the channels); `shrink` and `mask` when the module's tensors are
-    not those of a conv, norm or Linear. `once`: a second call of the same module is refused (its channels would
-    have to agree twice); `needs_input`: without a tracked input channel layout the module's channels are kept.
+    not cut as the built-in rule for its type cuts them. `once`: a second call of the same module is refused (its
+    channels would have to agree twice); `needs_input`: without a tracked input channel layout the module's
+    channels are kept.
     """
     once = True
     needs_input = True
@@ -91,8 +108,29 @@ class ModuleRule:
         """{module name: kept output rows} for kept channel indices `kept` of a space of `size` channels."""
         return {producer.name: kept}
 
-    shrink = None  # optional method (module, out, in_): cut the module in place to rows `out`, columns `in_`
-    mask = None    # optional method (module, out): zero, in place, what rows `out` drop (the masked reference)
+    def shrink(self, module: nn.Module, out=None, in_=None) -> None:
+        """Cut `module` in place to output rows `out` and input columns `in_` (LongTensors on its device, or None).
+
+        By default a module is cut as the built-in rule for its type cuts it (a user's rule for a Conv2d subclass
+        need not say how a conv is cut)."""
+        from .registry import builtin_rule_for
+        rule = builtin_rule_for(module)
+        if rule is None or rule is self or type(rule).shrink is ModuleRule.shrink:
+            raise TypeError(f"cannot shrink a {type(module).__name__}")
+        rule.shrink(module, out, in_)
+
+    @torch.no_grad()
+    def mask(self, module: nn.Module, out) -> None:
+        """Zero, in place, what keeping only rows `out` drops, so that the masked module computes what the cut one
+        does (the self-check's reference). By default: the dropped rows (dim 0) of its weight and bias."""
+        w = getattr(module, "weight", None)
+        if not isinstance(w, torch.Tensor):
+            return  # a norm without affine cannot be zeroed: prune's check then finds the difference
+        drop = torch.ones(w.shape[0], dtype=torch.bool, device=w.device)
+        drop[out.to(w.device)] = False
+        for p in (w, getattr(module, "bias", None)):
+            if isinstance(p, torch.Tensor):
+                p[drop] = 0
 
 
 class TimmBlock(ModuleRule):

@@ -4,6 +4,7 @@ Conv2d, y[o] = sum_i W[o, i] * x[i] + b[o]: reads its input spaces (columns i) a
 (rows o), which it produces and scores. Grouped (g groups): output block j reads only input block j, so both sides
 must lose the same number in every block (`groups=g`). Depthwise (g = C_in = C_out): channel c out is channel c in.
 ConvTranspose2d stores W as (C_in, C_out, kh, kw): the same maths with the roles of dims 0 and 1 swapped.
+Each cuts its own weight (`shrink`) and zeroes the filters it drops for the masked reference (`mask`).
 """
 import torch
 from torch import nn
@@ -12,15 +13,23 @@ from torch.nn.utils import parametrize
 from ..layers import conv_kind
 from .base import ModuleRule, Producer, scores_of
 
-__all__ = ["Conv", "FrozenConv", "ConvTranspose", "Linear"]
+__all__ = ["Conv", "FrozenConv", "ConvTranspose", "Linear", "param_like"]
+
+
+def param_like(t, like):
+    """`t` as a contiguous Parameter with `like`'s requires_grad (cut tensors replace, never overwrite, the old)."""
+    return nn.Parameter(t.contiguous(), requires_grad=like.requires_grad)
+
+
+_param = param_like
 
 
 class Conv(ModuleRule):
     """nn.Conv2d with plain maths (gmlib.layers.conv_kind == "conv").
 
     Its output space may be split into pieces (a gate conv over a concatenation): piece (offset, n) is rows
-    offset..offset+n, scored by those rows' scores; kept rows are then the kept indices of all its pieces laid
-    side by side."""
+    offset..offset+n, scored by those rows' scores; its kept rows are then those of all its pieces laid side by
+    side (gmlib.planning puts them together)."""
     is_conv = True
     splits = True
 
@@ -46,10 +55,37 @@ class Conv(ModuleRule):
         s = super().scores(graph, producer, criterion, generator)
         return s[producer.part[0]:producer.part[0] + producer.part[1]] if producer.part else s
 
-    def expand(self, graph, producer, kept, size):
-        if not producer.part:
-            return {producer.name: kept}
-        return {producer.name: graph.spaces.layout_kept(graph.conv_out[producer.name], graph.kept_space)}
+    @torch.no_grad()
+    def shrink(self, m, out=None, in_=None):
+        """Rows `out`, columns `in_`; grouped: both must keep the same number in every group; depthwise: one set."""
+        g, w = m.groups, m.weight
+        if g > 1 and g == m.in_channels == m.out_channels:  # depthwise: one index set for both
+            idx = out if out is not None else in_
+            m.weight = _param(w[idx], w)
+            if m.bias is not None:
+                m.bias = _param(m.bias[idx], m.bias)
+            m.in_channels = m.out_channels = m.groups = len(idx)
+            return
+        if in_ is not None and g == 1:
+            w = (w if out is None else w.index_select(0, out)).index_select(1, in_)
+            m.in_channels = len(in_)
+        elif in_ is not None:  # grouped: row r reads the kept columns of its own group
+            if len(in_) % g or (torch.bincount(in_ // (m.in_channels // g), minlength=g) != len(in_) // g).any():
+                raise RuntimeError(f"input channels of grouped conv are not balanced over its {g} groups")
+            rows = out if out is not None else torch.arange(m.out_channels, device=w.device)
+            cols = in_.view(g, -1) - torch.arange(g, device=w.device)[:, None] * (m.in_channels // g)
+            w = w[rows[:, None], cols[rows // (m.out_channels // g)]]
+            m.in_channels = len(in_)
+        elif out is not None:
+            w = w.index_select(0, out)
+        if out is not None and g > 1 and (torch.bincount(out // (m.out_channels // g), minlength=g)
+                                          != len(out) // g).any():
+            raise RuntimeError(f"output channels of grouped conv are not balanced over its {g} groups")
+        m.weight = _param(w, m.weight)
+        if out is not None:
+            if m.bias is not None:
+                m.bias = _param(m.bias[out], m.bias)
+            m.out_channels = len(out)
 
 
 class FrozenConv(ModuleRule):
@@ -67,6 +103,8 @@ class FrozenConv(ModuleRule):
         result = (ctx.new_space(m.out_channels, producer=Producer("conv", name, self), frozen=f"{why} ({name})"),)
         ctx.conv_out[name] = result
         return result
+
+    shrink = Conv.shrink  # never asked by a plan (its channels are kept), but its tensors are a conv's
 
 
 class ConvTranspose(ModuleRule):
@@ -107,9 +145,9 @@ class ConvTranspose(ModuleRule):
         if out is not None:
             w = w.index_select(1, out)
             if m.bias is not None:
-                m.bias = nn.Parameter(m.bias[out].contiguous(), requires_grad=m.bias.requires_grad)
+                m.bias = _param(m.bias[out], m.bias)
             m.out_channels = len(out)
-        m.weight = nn.Parameter(w.contiguous(), requires_grad=m.weight.requires_grad)
+        m.weight = _param(w, m.weight)
 
     @torch.no_grad()
     def mask(self, m, out):
@@ -133,6 +171,14 @@ class Linear(ModuleRule):
         else:
             ctx.freeze(lin, f"Linear on a {len(shape)}-d tensor ({name})")
         return ctx.fresh(ctx.node, f"Linear outputs are not pruned ({name})")
+
+    @torch.no_grad()
+    def shrink(self, m, out=None, in_=None):
+        m.weight = _param(m.weight[:, in_], m.weight)
+        m.in_features = len(in_)
+
+    def mask(self, m, out):
+        pass  # its outputs are never pruned
 
 
 CONV, FROZEN_CONV, CONV_TRANSPOSE, LINEAR = Conv(), FrozenConv(), ConvTranspose(), Linear()

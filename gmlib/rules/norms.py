@@ -4,14 +4,28 @@ BatchNorm, y[c] = g[c] (x[c] - m[c]) / sqrt(v[c] + eps) + b[c]: channel c out de
 keeps rows k of (g, b, m, v). GroupNorm normalises over blocks of C / G channels: removing part of a block changes
 the block's mean for the channels left, so only whole blocks go (`unit` = C / G). InstanceNorm normalises each
 channel over space alone: per-channel like BatchNorm. LayerNorm / RMSNorm over C mix every channel: kept.
+A cut keeps the rows of the per-channel tensors (GroupNorm: whole groups); masking zeroes the dropped affine rows.
 """
 import torch
 from torch import nn
 
 from ..layers import is_batch_norm, is_group_norm, mixes_channels, norm_act_problem
 from .base import ModuleRule
+from .conv import param_like
 
 __all__ = ["Norm", "InstanceNorm", "MixingNorm"]
+
+
+@torch.no_grad()
+def _keep_channels(m, out):
+    """Per-channel statistics and affine (BatchNorm, InstanceNorm, frozen BNs with the affine kept as buffers)."""
+    for k in ("weight", "bias", "running_mean", "running_var"):
+        t = getattr(m, k, None)
+        if isinstance(t, nn.Parameter):
+            setattr(m, k, param_like(t[out], t))
+        elif isinstance(t, torch.Tensor):
+            setattr(m, k, t[out].clone())
+    m.num_features = len(out)
 
 
 def _feeds_from_conv(ctx):
@@ -46,6 +60,19 @@ class Norm(ModuleRule):
             ctx.norm_after[conv] = name
         return lin
 
+    @torch.no_grad()
+    def shrink(self, m, out=None, in_=None):
+        if not is_group_norm(m):
+            return _keep_channels(m, out)
+        size = m.num_channels // m.num_groups
+        blocks = out.view(-1, size) if len(out) % size == 0 else None
+        if blocks is None or (blocks[:, 0] % size).any() or \
+                (blocks != blocks[:, :1] + torch.arange(size, device=out.device)).any():
+            raise RuntimeError(f"GroupNorm channels must be removed in whole groups of {size}")
+        if m.affine:
+            m.weight, m.bias = param_like(m.weight[out], m.weight), param_like(m.bias[out], m.bias)
+        m.num_channels, m.num_groups = len(out), len(out) // size
+
 
 class InstanceNorm(ModuleRule):
     """nn.InstanceNorm1d/2d/3d, affine or not, with or without running statistics."""
@@ -60,15 +87,8 @@ class InstanceNorm(ModuleRule):
             ctx.norm_after[conv] = name
         return lin
 
-    @torch.no_grad()
     def shrink(self, m, out=None, in_=None):
-        for k in ("weight", "bias", "running_mean", "running_var"):
-            t = getattr(m, k, None)
-            if isinstance(t, nn.Parameter):
-                setattr(m, k, nn.Parameter(t[out].contiguous(), requires_grad=t.requires_grad))
-            elif isinstance(t, torch.Tensor):
-                setattr(m, k, t[out].clone())
-        m.num_features = len(out)
+        _keep_channels(m, out)
 
 
 class MixingNorm(ModuleRule):

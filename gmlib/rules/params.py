@@ -5,19 +5,46 @@ y[:, c] = gamma[c] * x[:, c]: channel c of the product is zero when x's is, so r
 k of gamma is the masked original (the masked reference zeroes gamma's removed entries too). Accepted when the
 tensor has one dim of size C > 1 that lines up with the channel dim of every product it feeds, every reader is such
 a product, and no rule's module owns it (a module's parameters read outside its call are refused elsewhere).
-Its kept indices are recorded under the tensor's dotted name (role "param"; gmlib.shrink cuts that dim).
+Its kept indices are recorded under the tensor's dotted name (role "param"): `shrink_parameter` keeps those entries
+along its channel dim, `mask_parameter` zeroes the others (the masked reference).
 """
-from torch import fx
+import torch
+from torch import fx, nn
 
 from ..normalize import canonical
 from .registry import rule_for
 
-__all__ = ["analyse_parameter", "channel_dim"]
+__all__ = ["analyse_parameter", "channel_dim", "tensor_owner", "shrink_parameter", "mask_parameter"]
 
 
 def channel_dim(shape) -> int:
     """The dim of a per-channel tensor that carries the channels: its one dim of size > 1 (0 when there is none)."""
     return next((d for d, n in enumerate(shape) if n > 1), 0)
+
+
+def tensor_owner(modules: dict, name: str):
+    """(module, attribute) when `name` is a parameter or buffer of one of `modules` (a dotted path), else None."""
+    owner, _, attr = name.rpartition(".")
+    m = modules.get(owner)
+    return (m, attr) if m is not None and (attr in m._parameters or attr in m._buffers) else None
+
+
+@torch.no_grad()
+def shrink_parameter(m: nn.Module, attr: str, out) -> None:
+    """Keep entries `out` of the per-channel tensor `m.<attr>` along its channel dim."""
+    t = getattr(m, attr)
+    kept = t.index_select(channel_dim(t.shape), torch.as_tensor(out, dtype=torch.long, device=t.device)).contiguous()
+    setattr(m, attr, nn.Parameter(kept, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else kept)
+
+
+@torch.no_grad()
+def mask_parameter(m: nn.Module, attr: str, out) -> None:
+    """Zero, in place, the entries of `m.<attr>` along its channel dim that keeping `out` drops."""
+    t = getattr(m, attr)
+    d = channel_dim(t.shape)
+    drop = torch.ones(t.shape[d], dtype=torch.bool, device=t.device)
+    drop[torch.as_tensor(out, dtype=torch.long, device=t.device)] = False
+    t.index_fill_(d, drop.nonzero().flatten(), 0)
 
 
 def analyse_parameter(ctx, node):

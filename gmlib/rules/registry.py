@@ -6,7 +6,7 @@ from torch import nn
 
 from .base import ModuleRule
 
-__all__ = ["register_rule", "unregister_rule", "rule_for", "registered_types", "builtin"]
+__all__ = ["register_rule", "unregister_rule", "rule_for", "builtin_rule_for", "registered_types", "builtin"]
 
 _USER = []      # (module type, rule), newest first
 _BUILTIN = []   # rules with `matches(module)`, in the order they are consulted
@@ -56,6 +56,11 @@ def rule_for(module):
     for t, rule in _USER:
         if isinstance(module, t):
             return rule
+    return builtin_rule_for(module)
+
+
+def builtin_rule_for(module):
+    """The built-in rule that handles `module`, whatever the users registered (None: no built-in one)."""
     return next((r for r in _BUILTIN if r.matches(module)), None)
 
 
