@@ -7,6 +7,9 @@ results store); verify (a by-value check of any pruning) and zoo (the CNN famili
 (ONNX, int8) and latency (side-by-side timing) for deployment; data, models, metrics, train beside them; study (the
 chapters' shared set-up), sweeps (chapter 07's grids), compression (chapter 03's stored tables) and deployment
 (chapter 10's) on top; palette, diagram and tables (the book's colours, drawings and column names) beside them.
+The real-data arm: pretrained (weight files checked by sha256), data.elpv (the ELPV solar cells), classify (a
+classifier's training and scores) beside train; elpv (its stored experiments) and elpv_tables (chapter 13's tables)
+on top.
 """
 import warnings
 
@@ -29,6 +32,7 @@ from .store import Store
 from .utils import set_deterministic, default_device, environment
 from . import models, data, metrics, train, verify, zoo, export, latency, distributed
 from . import palette, diagram, tables
+from . import pretrained, classify, elpv
 from .study import Study
 
 __all__ = [
@@ -39,6 +43,6 @@ __all__ = [
     "one_shot", "iterative", "recalibrate_bn", "Study", "Store",
     "set_deterministic", "default_device", "environment",
     "models", "data", "metrics", "train", "verify", "zoo", "export", "latency", "distributed",
-    "palette", "diagram", "tables",
+    "palette", "diagram", "tables", "pretrained", "classify", "elpv",
 ]
 __version__ = "0.1.0"
