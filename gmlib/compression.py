@@ -11,7 +11,7 @@ from . import models
 from .store import Store, frame_rows, record_frame
 from .surgery import prune
 
-__all__ = ["compression_table"]
+__all__ = ["compression_table", "criterion_gap"]
 
 
 def compression_table(store: Store, networks, policies, rates, *, criterion: str, input_size, num_classes: int,
@@ -38,3 +38,24 @@ def compression_table(store: Store, networks, policies, rates, *, criterion: str
         return {"rows": rows, "layers": layers}
     record = store.fetch("compression", config, compute)
     return record_frame(record), pd.DataFrame(record.result["layers"])
+
+
+def criterion_gap(store: Store, a: str = "fpgm", b: str = "fpgm-sum") -> pd.DataFrame:
+    """How far the stored compression tables of criteria `a` and `b` differ: for every pair of records that count
+    the same networks, policies, input, head and seed with the two criteria, the largest |difference| in params and
+    FLOPs reduction (points) over the (model, policy, rate) rows both hold, one row per policy, and how many rows
+    were compared. Chapter 03 stores such a pair (the relaxation and the exact median); an empty frame if none."""
+    cols = ["params reduction %", "FLOPs reduction %"]
+    same = ("networks", "policies", "input_size", "num_classes", "seed")
+    records = store.records("compression")
+    frames = []
+    for ra in (r for r in records if r.config["criterion"] == a):
+        for rb in (r for r in records if r.config["criterion"] == b):
+            if all(ra.config[k] == rb.config[k] for k in same):
+                merged = record_frame(ra).merge(record_frame(rb), on=["model", "policy", "rate"], suffixes=("_a", "_b"))
+                frames.append(pd.DataFrame({c: (merged[f"{c}_a"] - merged[f"{c}_b"]).abs() for c in cols})
+                              .assign(policy=merged.policy))
+    if not frames:
+        return pd.DataFrame(columns=[*cols, "rows"])
+    gaps = pd.concat(frames)
+    return gaps.groupby("policy")[cols].max().assign(rows=gaps.groupby("policy").size())

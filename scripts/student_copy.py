@@ -1,6 +1,11 @@
 """Student copies of the chapters: every cell tagged `solution` (the worked answers) is dropped, everything else,
 stored outputs and cell ids included, is kept as it is.
 
+Part I's exercises in code are three cells: the student's stub (tagged `exercise`, its body raises
+NotImplementedError), the worked answer (a code cell tagged `solution`, dropped here) and the check (tagged `check`).
+In the copy the check follows the stub directly, its stored output (the worked answer's "right") is cleared, and
+run, it prints "not written yet" until the student fills the stub in, so the copy runs from top to bottom.
+
 Usage: python scripts/student_copy.py [NOTEBOOK | NN ...] [--out results/student]
 With no argument every chapter (notebooks/NN_*.ipynb) is copied; NN (e.g. 07) names a chapter by its number. Every
 name is checked before anything is written: one that is not a notebook is an error that names it.
@@ -26,6 +31,7 @@ import nbformat
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 TAG = "solution"
+CHECK = "check"
 
 
 def is_solution(cell) -> bool:
@@ -33,9 +39,13 @@ def is_solution(cell) -> bool:
 
 
 def student_copy(nb):
-    """A copy of `nb` without its cells tagged `solution` (`nb` itself is left as it is)."""
+    """A copy of `nb` without its cells tagged `solution`, and with no stored output in its cells tagged `check`
+    (they said the worked answer was right); `nb` itself is left as it is."""
     out = copy.deepcopy(nb)
     out.cells = [c for c in out.cells if not is_solution(c)]
+    for cell in out.cells:
+        if CHECK in cell.get("metadata", {}).get("tags", []):
+            cell.outputs, cell.execution_count = [], None
     return out
 
 

@@ -7,9 +7,17 @@ are one markdown cell tagged `solution`, right after the exercises and folded in
 exercise, and nothing of them is left in the exercises cell. `scripts/student_copy.py` writes the chapters without
 their solution cells, everything else as it was, and refuses a name that is not a notebook.
 
+Part I (01-03) also has exercises in code (issue 33), at least two a chapter: a cell tagged `exercise` that defines
+a function whose body raises NotImplementedError, a code cell tagged `solution` (and `hide-input`, folded in the book)
+with the worked answer, and a cell tagged `check` that calls `exercises.check("name", function)`. Each check is run
+here three ways: on the stub (it must say "not written yet", so the student copy runs on), on the worked answer
+("right") and on a wrong answer of this file ("wrong").
+
 Each check returns the problems it finds, so the tests below also show that a broken chapter is caught.
 """
 import ast
+import contextlib
+import io
 import re
 import subprocess
 import sys
@@ -139,7 +147,8 @@ def try_it_problems(nb, compute_time: str) -> list:
 
 
 def solution_problems(nb) -> list:
-    """What is wrong with the answers: one solution cell, right after the exercises, nothing left in the exercises."""
+    """What is wrong with the answers: one markdown solution cell, right after the exercises, nothing left in the
+    exercises (the worked answers of exercises in code are code cells, checked by code_exercise_problems)."""
     found = []
     i = exercises_index(nb)
     if i is None:
@@ -147,9 +156,9 @@ def solution_problems(nb) -> list:
     exercises = nb.cells[i].source
     if "<details>" in exercises or "Answers" in exercises:
         found.append("the exercises cell still holds answers")
-    solutions = [j for j, c in enumerate(nb.cells) if is_solution(c)]
+    solutions = [j for j, c in enumerate(nb.cells) if is_solution(c) and c.cell_type == "markdown"]
     if len(solutions) != 1:
-        return found + [f"{len(solutions)} cells tagged solution, want 1"]
+        return found + [f"{len(solutions)} markdown cells tagged solution, want 1"]
     j = solutions[0]
     answers = nb.cells[j]
     if j != i + 1 or answers.cell_type != "markdown":
@@ -232,7 +241,7 @@ def test_the_checks_catch_a_broken_chapter(times):
         "task 2 computes new records but Try it does not say they go to the store (data/store/)"]
     assert solution_problems(broken(lambda nb: None)) == []
     assert solution_problems(broken(answers_back)) == [
-        "the exercises cell still holds answers", "0 cells tagged solution, want 1"]
+        "the exercises cell still holds answers", "0 markdown cells tagged solution, want 1"]
     assert solution_problems(broken(replace("<details>", "\n3. ", "\n"))) == ["3 exercises and 2 answers"]
 
 
@@ -253,11 +262,20 @@ def test_student_copy_drops_the_solution_cells_and_nothing_else(student):
     assert sorted(p.name for p in student.iterdir()) == [p.name for p in CHAPTERS]
     for path in CHAPTERS:
         original, copied = (nbformat.read(p, as_version=4) for p in (path, student / path.name))
-        assert copied.cells == [c for c in original.cells if not is_solution(c)], path.name
-        assert len(copied.cells) == len(original.cells) - 1, path.name
+        kept = [c for c in original.cells if not is_solution(c)]
+        for cell in kept:  # a check's stored output said the worked answer was right: the copy has none
+            if "check" in tags(cell):
+                cell.outputs, cell.execution_count = [], None
+        assert copied.cells == kept, path.name
+        assert len(copied.cells) == len(original.cells) - sum(map(is_solution, original.cells)), path.name
+        for i, cell in enumerate(copied.cells):  # the student's cell, then straight away its check, not yet run
+            if "exercise" in tags(cell):
+                assert "check" in tags(copied.cells[i + 1]) and not copied.cells[i + 1].outputs, (path.name, i)
         assert copied.metadata == original.metadata
         assert section(copied, "Exercises") == section(original, "Exercises") is not None, path.name
         assert not any(is_solution(c) or "<summary>Answers" in c.source for c in copied.cells), path.name
+        assert not any("NotImplementedError" not in c.source for c in copied.cells if "exercise" in tags(c)), \
+            f"{path.name}: an exercise cell of the student copy gives the answer away"
 
 
 def test_student_copy_of_chosen_chapters(tmp_path):
@@ -293,3 +311,131 @@ def test_the_parts_are_the_readmes():
     table = readme_table()
     assert {chapter: part for chapter, (part, _) in table.items()} == {
         n: name for name, chapters in PARTS.items() for n in chapters}
+
+
+# ------------------------------------------------------------------------------------------ exercises in code (33)
+PART_I = [p for p in CHAPTERS if p.name[:2] in PARTS["I · The method"]]
+CHECK_CALL = re.compile(r'^exercises\.check\("(\w+)", (\w+)\)$')
+# what the chapters' set-up cells import for their exercises
+PRELUDE = "import torch\nfrom torch import nn\nimport gmlib\nfrom gmlib import exercises\n"
+# one wrong answer per exercise, a mistake a student makes: each check must call it wrong
+WRONG = {
+    "l1_scores": "def l1_scores(weight):\n    return weight.flatten(1).norm(dim=1)",  # L2, not L1
+    "distance_sums": "def distance_sums(weight):\n    w = weight.flatten(1)\n"
+                     "    return ((w[:, None] - w[None]) ** 2).sum(-1).sum(1)",  # squared distances
+    "prune_conv_bn": "def prune_conv_bn(conv, bn, keep):\n    import copy\n    from gmlib.shrink import shrink_module\n"
+                     "    conv, new_bn = copy.deepcopy(conv), nn.BatchNorm2d(len(keep))\n"
+                     "    shrink_module(conv, out=keep)\n    new_bn.weight.data = bn.weight.data[keep].clone()\n"
+                     "    new_bn.bias.data = bn.bias.data[keep].clone()\n"
+                     "    return conv, new_bn.eval()",  # running statistics forgotten
+    "cut_inputs": "def cut_inputs(conv, keep):\n    new = nn.Conv2d(len(keep), conv.out_channels, conv.kernel_size, "
+                  "padding=conv.padding, bias=False)\n    new.weight.data = conv.weight.data[:, :len(keep)].clone()\n"
+                  "    return new",  # the first columns, not the kept ones
+    "conv_macs": "def conv_macs(conv, height, width):\n    kh, kw = conv.kernel_size\n"
+                 "    return conv.out_channels * conv.in_channels * kh * kw * height * width",  # no stride, groups
+    "count_macs": "def count_macs(model, input_size):\n    total = 0\n    def add(m, i, o):\n        nonlocal total\n"
+                  "        total += m.weight[0].numel() * o.numel()\n"
+                  "    hooks = [m.register_forward_hook(add) for m in model.modules() if isinstance(m, nn.Conv2d)]\n"
+                  "    model.eval()(torch.zeros(1, *input_size))\n    [h.remove() for h in hooks]\n"
+                  "    return total",  # the Linear head forgotten
+    "magnitude_mask": "def magnitude_mask(weight, sparsity):\n    k = round(sparsity * weight.numel())\n"
+                      "    mask = torch.ones(weight.numel(), dtype=torch.bool)\n"
+                      "    mask[weight.abs().flatten().topk(k).indices] = False\n"
+                      "    return mask.view(weight.shape)",  # the largest zeroed
+}
+
+
+def tags(cell) -> set:
+    return set(cell.metadata.get("tags", []))
+
+
+def exercise_triples(nb) -> list:
+    """[(exercise, solution, check) cells] of a chapter, as the cells after each `exercise` cell stand."""
+    return [tuple(nb.cells[i:i + 3]) for i, c in enumerate(nb.cells) if "exercise" in tags(c)]
+
+
+def defined(source: str) -> set:
+    return {n.name for n in ast.parse(source).body if isinstance(n, ast.FunctionDef)}
+
+
+def code_exercise_problems(nb) -> list:
+    """What is wrong with a chapter's exercises in code: fewer than two; an exercise cell that is not followed by
+    its folded worked answer and a check; a stub that gives the answer away; a check that is not one call of
+    exercises.check on the function both cells define; a stored check output that does not say right."""
+    from gmlib.exercises import EXERCISES
+    triples = exercise_triples(nb)
+    found = [] if len(triples) >= 2 else [f"{len(triples)} exercises in code, want at least 2"]
+    for k, triple in enumerate(triples, 1):
+        if len(triple) < 3 or any(c.cell_type != "code" for c in triple):
+            found.append(f"exercise {k}: not followed by two code cells")
+            continue
+        stub, answer, check = triple
+        if not {"solution", "hide-input"} <= tags(answer):
+            found.append(f"exercise {k}: the cell after it is not tagged solution and hide-input (folded)")
+        if "check" not in tags(check):
+            found.append(f"exercise {k}: the cell after its answer is not tagged check")
+        body = [n for n in ast.parse(stub.source).body if isinstance(n, ast.FunctionDef)]
+        if len(body) != 1 or not (len(body[0].body) <= 2 and "NotImplementedError" in ast.unparse(body[0].body[-1])):
+            found.append(f"exercise {k}: the exercise cell is not one function whose body raises NotImplementedError")
+        call = CHECK_CALL.match(check.source.strip())
+        if not call:
+            found.append(f"exercise {k}: the check is not one call exercises.check(\"name\", function)")
+            continue
+        name, fn = call.groups()
+        if name not in EXERCISES:
+            found.append(f"exercise {k}: no check named {name!r} in gmlib.exercises")
+        if not fn in defined(stub.source) & defined(answer.source):
+            found.append(f"exercise {k}: {fn} is not defined by both the exercise and its answer")
+        said = "".join(o.get("text", "") for o in check.get("outputs", []))
+        if not said.startswith("right: "):
+            found.append(f"exercise {k}: the stored check says {said[:60]!r}, not right")
+    return found
+
+
+def said(source: str, namespace: dict) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(source, namespace)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("path", PART_I, ids=lambda p: p.stem)
+def test_part_one_has_exercises_in_code_with_checks(path):
+    found = code_exercise_problems(nbformat.read(path, as_version=4))
+    assert not found, "\n".join(found)
+
+
+def test_the_exercise_check_catches_a_broken_chapter():
+    nb = nbformat.read(PART_I[0], as_version=4)
+    assert code_exercise_problems(nb) == []
+    stub, answer, check = exercise_triples(nb)[0]
+    answer.metadata["tags"] = ["solution"]
+    stub.source = stub.source.replace('raise NotImplementedError("your code here")', "return weight.abs().sum()")
+    check.source = check.source.replace("exercises.check(", "exercises.verdict(")
+    assert code_exercise_problems(nb) == [
+        "exercise 1: the cell after it is not tagged solution and hide-input (folded)",
+        "exercise 1: the exercise cell is not one function whose body raises NotImplementedError",
+        "exercise 1: the check is not one call exercises.check(\"name\", function)"]
+    nb.cells.remove(stub)
+    assert code_exercise_problems(nb)[0] == "1 exercises in code, want at least 2"
+
+
+def test_every_exercise_has_a_wrong_answer_to_test_its_check():
+    from gmlib.exercises import EXERCISES
+    named = [CHECK_CALL.match(t[2].source.strip()).group(1) for p in PART_I
+             for t in exercise_triples(nbformat.read(p, as_version=4))]
+    assert sorted(named) == sorted(EXERCISES) == sorted(WRONG)
+
+
+@pytest.mark.parametrize("path", PART_I, ids=lambda p: p.stem)
+def test_each_check_says_not_written_right_and_wrong(path, one_thread):
+    """The student's stub is "not written yet" (and does not stop the notebook), the worked answer is right, a wrong
+    answer is wrong: every check can fail."""
+    for stub, answer, check in exercise_triples(nbformat.read(path, as_version=4)):
+        name = CHECK_CALL.match(check.source.strip()).group(1)
+        namespace = {}
+        exec(PRELUDE, namespace)
+        assert said(stub.source + "\n" + check.source, namespace).startswith("not written yet: "), name
+        assert said(answer.source + "\n" + check.source, namespace).startswith("right: "), name
+        verdict = said(WRONG[name] + "\n" + check.source, namespace)
+        assert verdict.startswith("wrong: "), (name, verdict)
