@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from .verdicts import MARGINS, CALLS, decide, against_bar, summarise, tally, tally_text
+from .verdicts import MARGINS, CALLS, decide, against_bar, summarise, tally_text
 
 __all__ = ["interval", "figure5_table", "margin_of", "paired_by", "pooled", "paired", "at_equal_macs", "losses",
            "inherited", "answers", "loss_markdown", "criteria_markdown", "budget_markdown", "budget_name",
@@ -207,10 +207,9 @@ def _pm(mean, ci) -> str:
     return f"{mean:+.3f} ± {ci:.3f}" if not math.isnan(ci) else f"{mean:+.3f} (one seed)"
 
 
-def calls_in_words(frame: pd.DataFrame, column: str, at: str, fmt) -> str:
-    """"ahead at 30% (+0.021 ± 0.004); behind at ..." for the rows of `frame` that are ahead / behind /
-    equivalent, grouped by call; `at(row)` names a row, `fmt` formats nothing else. "" when every row is not
-    separated."""
+def calls_in_words(frame: pd.DataFrame, column: str, at) -> str:
+    """"ahead l1 at −50 % (+0.019 ± 0.006), ...; behind ..." for the rows of `frame` whose call (in `column`) is
+    ahead / behind / equivalent, grouped by call; `at(row)` names a row. "" when every row is not separated."""
     parts = []
     for call in CALLS[:3]:
         rows = frame[frame[column] == call]
@@ -242,11 +241,12 @@ def criteria_markdown(found: dict, *, steps_per_epoch: float | None = None) -> s
     steps = found["main_steps"]
     macs = _home(found, found["macs"]).query("steps == @steps")
     pairs = _home(found, found["pairs"]).query("steps == @steps")
-    named = calls_in_words(macs, "fpgm is", lambda r: f"{r['other']} at −{r['macs']:.0f} %", None)
+    named = calls_in_words(macs, "fpgm is", lambda r: f"{r['other']} at −{r['macs']:.0f} %")
     return (f"**Does FPGM beat the other criteria?** At equal MACs (each criterion's fine-tuned score interpolated "
             f"in MACs removed between its stored rates, seed by seed) after {budget_name(steps, steps_per_epoch)}, "
-            f"FPGM against {', '.join(sorted(set(macs.other)))} at −{', −'.join(f'{t:.0f}' for t in sorted(set(macs.macs)))} "
-            f"% MACs is {tally_text(macs['fpgm is'])} (Holm over the {len(found['macs'])} equal-MACs comparisons of "
+            f"FPGM against {', '.join(sorted(set(macs.other)))} at "
+            f"−{', −'.join(f'{t:.0f}' for t in sorted(set(macs.macs)))} % MACs is {tally_text(macs['fpgm is'])} "
+            f"(Holm over the {len(found['macs'])} equal-MACs comparisons of "
             f"the chapter)" + (f": {named}." if named else ".")
             + f" At the same nominal rate instead (secondary: the criteria remove different MACs there) it is "
             f"{tally_text(pairs['fpgm is'])} (Holm over {len(found['pairs'])}).")
@@ -425,8 +425,9 @@ def conclusions(found: dict, baseline: dict, *, compression: pd.DataFrame, histo
         "holds in the counts under or-merge; under coupled the gap is small" if (merge > 0).all() else "not shown",
         "03", f"At the same rate ResNeXt50 (grouped 3×3 convs in every block) removes {merge.min():.1f} to "
         f"{merge.max():.1f} points fewer of its MACs than ResNet50 under or-merge, and {coupled.min():.2f} to "
-        f"{coupled.max():.2f} under coupled (counts, no seeds; a negative gap: ResNeXt50 removes more). Chapter 03 traces the or-merge gap at high rates to "
-        "where ResNeXt50's weights sit, next to the residual streams, more than to the grouping itself.")
+        f"{coupled.max():.2f} under coupled (counts, no seeds; a negative gap: ResNeXt50 removes more). Chapter 03 "
+        "traces the or-merge gap at high rates to where ResNeXt50's weights sit, next to the residual streams, more "
+        "than to the grouping itself.")
     # Figure 5
     loss, main = found["loss"], found["main_steps"]
     at = loss[loss.steps == main]
@@ -455,7 +456,7 @@ def conclusions(found: dict, baseline: dict, *, compression: pd.DataFrame, histo
     pairs = _home(found, found["pairs"]).query("steps == @main")
     ahead, behind = (macs["fpgm is"] == "ahead").sum(), (macs["fpgm is"] == "behind").sum()
     named = calls_in_words(macs[macs["fpgm is"].isin(["ahead", "behind"])], "fpgm is",
-                           lambda r: f"{r['other']} at −{r['macs']:.0f} %", None)
+                           lambda r: f"{r['other']} at −{r['macs']:.0f} %")
     add("Are FPGM's filters the ones to prune?",
         "not shown: mostly not separated or equivalent" if ahead <= len(macs) / 2 else "holds", "07",
         f"At equal MACs after {budget_name(main, steps_per_epoch)}, FPGM against the five other criteria is "
