@@ -7,10 +7,11 @@ every multiply-accumulate. Filter pruning (gmlib.prune) removes whole channels. 
 gmlib.latency's runners (eager PyTorch, ONNX Runtime; interleaved rounds), and `csr_table` times one layer as a
 matrix product, dense against torch.sparse CSR, the format that could skip the zeros on a CPU.
 
-A verdict pairs each round of a variant with the unpruned network's round in the same runtime (`speed_call`): the
-speedup per round, its 95 % t interval over rounds, and "faster" / "slower" where the interval excludes 1, "level"
-where it holds 1. (gmlib/verdicts.py, the study's decision rule, was being written at the same time; when it lands,
-`speed_call` should use it.)
+A verdict pairs each round of a variant with the unpruned network's round in the same runtime: the speedup per
+round (reference time / variant time), and the study's decision rule (gmlib.verdicts.decide) around a speedup of 1
+with a margin of SPEED_MARGIN: "equivalent" when the 95 % interval over rounds lies inside 1 ± margin, "faster" /
+"slower" when the t test, Holm-corrected over the table's comparisons, gives p < 0.05 and the mean speedup is off 1
+by more than the margin, "not separated" otherwise.
 """
 import copy
 import statistics
@@ -25,16 +26,21 @@ from torch.nn.utils import prune as torch_prune
 
 from . import models
 from .complexity import count
-from .findings import interval
 from .latency import _runner, _time
 from .planning import plan
 from .store import Store
 from .surgery import prune
+from .verdicts import decide, summarise
 
 __all__ = ["magnitude_prune", "nonzero_params", "nonzero_macs", "filter_rate_for", "structured_table", "csr_table",
-           "speed_call", "claim_verdict", "claim_markdown", "side_by_side", "csr_view", "csr_markdown"]
+           "SPEED_MARGIN", "speed_calls", "speed_call", "claim_verdict", "claim_markdown", "side_by_side", "csr_view",
+           "csr_markdown"]
 
 PRUNABLE = (nn.Conv2d, nn.Linear)
+# the smallest change of speed a deployment would act on: 5 % of the unpruned network's time, fixed before timing
+SPEED_MARGIN = 0.05
+# gmlib.verdicts' calls in words for a speedup
+SPEED_WORDS = {"ahead": "faster", "behind": "slower", "equivalent": "equivalent", "not separated": "not separated"}
 
 
 def magnitude_prune(model: nn.Module, sparsity: float) -> nn.Module:
@@ -223,25 +229,34 @@ def _two_four() -> str:
     return f"available (compute capability {major}.{minor}), not timed by this table"
 
 
-def speed_call(ratios) -> tuple:
-    """(mean, half-width of its 95 % t interval, call) of per-round speedups (reference time / variant time, the
-    two timed in the same round): "faster" when the interval lies above 1, "slower" when below, "level" when it
-    holds 1, the rule gmlib.findings.paired_by applies to Dice differences over seeds."""
-    mean, half, n = interval(ratios)
-    call = "level" if n < 2 or abs(mean - 1) <= half else ("faster" if mean > 1 else "slower")
-    return mean, half, call
+def speed_calls(ratios, margin: float = SPEED_MARGIN) -> pd.DataFrame:
+    """One row per list of per-round speedups in `ratios` (one family): mean, ci (half-width of the 95 % t
+    interval), n, p, p_holm and call in words (SPEED_WORDS) by gmlib.verdicts.decide around 1 with `margin`."""
+    frame = pd.DataFrame([summarise(r, center=1.0) for r in ratios], columns=["mean", "ci", "n", "p"])
+    called = decide(frame, margin, center=1.0)
+    return called.assign(call=called["call"].map(SPEED_WORDS))
 
 
-def claim_verdict(table: pd.DataFrame) -> pd.DataFrame:
-    """Every pruned row of a `structured_table` with its speedup over the unpruned network in the same runtime:
-    per round (paired), its mean, the half-width of the 95 % interval over rounds and the call (`speed_call`)."""
+def speed_call(ratios, margin: float = SPEED_MARGIN) -> tuple:
+    """(mean, half-width of its 95 % interval, call) of one comparison's per-round speedups (a family of one)."""
+    row = speed_calls([ratios], margin).iloc[0]
+    return row["mean"], row["ci"], row["call"]
+
+
+def claim_verdict(table: pd.DataFrame, margin: float = SPEED_MARGIN) -> pd.DataFrame:
+    """Every pruned row of a `structured_table` (the control included) with its speedup over the unpruned network
+    in the same runtime, paired round by round: mean, ci, p_holm and call (`speed_calls`). Each method is one family
+    (Holm over its comparisons): the unstructured ones answer one half of the paper's claim, the filter ones the
+    other, the control its own question."""
     ref = table[table.method == "dense"].set_index(["network", "runtime"])
-    rows = []
-    for _, row in table[table.method != "dense"].iterrows():
-        r = ref.loc[(row.network, row.runtime)]
-        mean, half, call = speed_call([a / b for a, b in zip(r.rounds_ms, row.rounds_ms)])
-        rows.append({**row.to_dict(), "speedup": mean, "ci": half, "call": call})
-    return pd.DataFrame(rows)
+    out = []
+    for _, rows in table[table.method != "dense"].groupby("method", sort=False):  # one family per method
+        rows = rows.reset_index(drop=True)
+        ratios = [[a / b for a, b in zip(ref.loc[(r.network, r.runtime)].rounds_ms, r.rounds_ms)]
+                  for r in rows.itertuples()]
+        called = speed_calls(ratios, margin)
+        out.append(rows.assign(speedup=called["mean"], ci=called["ci"], p_holm=called["p_holm"], call=called["call"]))
+    return pd.concat(out, ignore_index=True)
 
 
 def claim_markdown(calls: pd.DataFrame) -> str:
@@ -255,7 +270,7 @@ def claim_markdown(calls: pd.DataFrame) -> str:
 
     def tally(rows):
         counts = rows.call.value_counts()
-        return ", ".join(f"{counts[c]} {c}" for c in ("faster", "level", "slower") if c in counts)
+        return ", ".join(f"{counts[c]} {c}" for c in SPEED_WORDS.values() if c in counts)
 
     def where(rows):
         return ", ".join(f"{r.network} at {r.sparsity:.0%} in {r.runtime} ({r.speedup:.2f}×)"
@@ -264,18 +279,23 @@ def claim_markdown(calls: pd.DataFrame) -> str:
     not_accelerated, accelerated = (un.call != "faster").all(), (fi.call == "faster").all()
     holds = "holds" if not_accelerated and accelerated else "holds in part" if not_accelerated or accelerated \
         else "does not hold"
-    text = (f"**The paper's claim {holds} on this machine.** Filter pruning with as many parameters as the "
-            f"unstructured network's nonzeros runs at {spread(fi)} the unpruned network's speed ({len(fi)} settings: "
-            f"{tally(fi)}, by the 95 % interval over rounds). Unstructured pruning, which zeroes up to "
-            f"{un.sparsity.max():.0%} of the weights but executes every MAC, runs at {spread(un)} ({tally(un)}).")
+    text = (f"**The paper's claim {holds} on this machine.** Its first half, that unstructured pruning is not "
+            f"accelerated: magnitude pruning, which zeroes up to {un.sparsity.max():.0%} of the weights but executes "
+            f"every MAC, runs at {spread(un)} the unpruned network's speed and is never faster ({len(un)} settings: "
+            f"{tally(un)}, by the study's decision rule over the rounds)")
+    if not_accelerated and (un.call != "equivalent").any():
+        text += (f"; the rounds spread too widely to show it equivalent within the margin in "
+                 f"{(un.call != 'equivalent').sum()} of them")
+    elif not not_accelerated:
+        text += f"; it comes out faster at {where(un[un.call == 'faster'])}"
+    text += (f". Its second half, that filter pruning runs faster: with as many parameters as the unstructured "
+             f"network's nonzeros it runs at {spread(fi)} ({tally(fi)})")
     if not accelerated:
-        text += f" Filter pruning is not told apart from the unpruned network at {where(fi[fi.call != 'faster'])}."
-    if not not_accelerated:
-        text += (f" Unstructured pruning comes out faster at {where(un[un.call == 'faster'])}: by at most "
-                 f"{un.speedup.max() - 1:.0%}, against the filter-pruned network's {fi.speedup.min():.2f}× or more.")
-    if len(ctl) and (ctl.call == "level").all():
-        text += (f" The control, the unpruned network timed against a copy of itself, comes out level "
-                 f"({spread(ctl)}), as it should.")
+        text += f"; not told apart from the unpruned network at {where(fi[fi.call != 'faster'])}"
+    text += "."
+    if len(ctl) and ctl.call.isin(["equivalent", "not separated"]).all():
+        text += (f" The control, the unpruned network timed against a copy of itself, comes out at {spread(ctl)} "
+                 f"({tally(ctl)}), never faster or slower, as it should.")
     elif len(ctl):
         text += (f" The control, the unpruned network timed against a copy of itself, comes out at {spread(ctl)} "
                  f"({tally(ctl)}): calls of that size are within what this machine's load does.")
@@ -303,17 +323,20 @@ def side_by_side(calls: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
     return out.loc[order]
 
 
-def csr_view(csr: pd.DataFrame) -> pd.DataFrame:
+def csr_view(csr: pd.DataFrame, margin: float = SPEED_MARGIN) -> pd.DataFrame:
     """For people: per (layer, sparsity) the dense and CSR ms (medians), CSR's mean speedup over rounds with its 95 %
-    interval's half-width and call (`speed_call`, paired with the dense product of the same round), and the MB
-    each stores."""
-    rows = []
+    interval's half-width and call (`speed_calls`, paired with the dense product of the same round, the table one
+    family), and the MB each stores."""
+    rows, ratios = [], []
     for (layer, s), group in csr.groupby(["layer", "sparsity"], sort=False):
         d, c = (group[group.format == f].iloc[0] for f in ("dense", "csr"))
-        mean, half, call = speed_call([a / b for a, b in zip(d.rounds_ms, c.rounds_ms)])
-        rows.append({"layer": layer, "sparsity": s, "dense ms": d.ms, "CSR ms": c.ms, "CSR speedup": mean,
-                     "± (95 %)": half, "CSR is": call, "dense MB": d.MB, "CSR MB": c.MB})
-    return pd.DataFrame(rows).set_index(["layer", "sparsity"])
+        ratios.append([a / b for a, b in zip(d.rounds_ms, c.rounds_ms)])
+        rows.append({"layer": layer, "sparsity": s, "dense ms": d.ms, "CSR ms": c.ms, "dense MB": d.MB, "CSR MB": c.MB})
+    called = speed_calls(ratios, margin)
+    out = pd.DataFrame(rows).assign(**{"CSR speedup": called["mean"], "± (95 %)": called["ci"],
+                                       "CSR is": called["call"]})
+    return out.set_index(["layer", "sparsity"])[["dense ms", "CSR ms", "CSR speedup", "± (95 %)", "CSR is",
+                                                 "dense MB", "CSR MB"]]
 
 
 def csr_markdown(view: pd.DataFrame) -> str:
@@ -330,7 +353,7 @@ def csr_markdown(view: pd.DataFrame) -> str:
         if faster:
             when = f"beats the dense product from {faster[0]:.0%} sparsity on ({at_top})"
         elif slower:
-            when = (f"is slower than the dense product up to {slower[-1]:.0%} sparsity and not told faster above it "
+            when = (f"is slower than the dense product up to {slower[-1]:.0%} sparsity and never faster "
                     f"({at_top})")
         else:
             when = f"is not told apart from the dense product at any sparsity timed ({at_top})"
