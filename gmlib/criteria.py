@@ -1,5 +1,8 @@
 """Filter scores (lower = pruned first) and the selection of filters to keep.
 
+Step 3 of 9, one filter from its score to its removal (README, Layout): the filter's score (its rule hands over the
+weight rows and the norm after them).
+
 "fpgm":      ||w_j - GM(w)||, the distance to the layer's exact geometric median (He et al., CVPR 2019): filters near
              the median are the ones the others can represent, so they go first.
 "fpgm-sum":  sum_i ||w_i - w_j||, the relaxation used by the FPGM paper, NNI and Torch-Pruning.

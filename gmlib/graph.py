@@ -1,5 +1,8 @@
 """Channel spaces of a traced network: which filters must be removed together, and who reads them.
 
+Step 2 of 9, one filter from its score to its removal (README, Layout): the filter's channel joins the coupling set
+it is removed with, and its readers are recorded, as each module's rule (gmlib.rules) says.
+
 `analyse` traces the network (gmlib.trace) and walks its nodes in order, handing each module call to the rule that
 registry gives for its module (gmlib.rules: convs open spaces, norms and pass-through modules keep them, blocks
 have their own), each function or method to gmlib.rules.functions (elementwise ops unify spaces, `cat` on dim 1
@@ -13,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx, nn
 
-from .layers import NONZERO_AT_ZERO_FUNCTIONS, NONZERO_AT_ZERO_METHODS, zero_stays_zero
+from .layers import NONZERO_AT_ZERO_FUNCTIONS, NONZERO_AT_ZERO_METHODS, SHIFTS, zero_stays_zero
 from .normalize import bind_module_call, canonical
 from .rules import Use, rule_for, selective_kernel_type, split_attn_type
 from .rules.context import Context, flat_nodes as _flat_nodes
@@ -191,11 +194,11 @@ def _nonzero(node, modules, nonzero, x, layout):
             (node.op == "call_method" and name in NONZERO_AT_ZERO_METHODS):
         return name
     tensors = [a for a in _flat_nodes((node.args, node.kwargs)) if a in nonzero]
-    if name in ("add", "sub", "where", "maximum", "minimum", "fmax", "fmin", "clamp") and any(
+    if name in SHIFTS and any(
             isinstance(kw.get(k), (int, float)) and kw.get(k) != 0 and not isinstance(kw.get(k), bool)
             for k in ("input", "other", "min", "max")):
         return f"{name} of a constant"
-    if name in ("add", "sub", "where", "maximum", "minimum", "fmax", "fmin", "clamp") and any(
+    if name in SHIFTS and any(
             isinstance(kw.get(k), fx.Node) and kw[k] not in nonzero for k in ("input", "other", "min", "max")):
         return f"{name} of a tensor without channels"
     if name == "div" and not isinstance(kw.get("input"), fx.Node):

@@ -8,6 +8,7 @@ change their other outputs when a channel goes, so what they touch is kept.
 """
 import importlib
 import operator
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +16,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 __all__ = ["is_pass", "zero_stays_zero", "NONZERO_AT_ZERO_FUNCTIONS", "NONZERO_AT_ZERO_METHODS", "is_batch_norm", "is_group_norm", "norm_act_problem", "mixes_channels", "conv_kind", "leaf_types",
-           "PASS_FUNCTIONS", "PASS_METHODS", "ELEMENTWISE", "REDUCTIONS"]
+           "PASS_FUNCTIONS", "PASS_METHODS", "ELEMENTWISE", "REDUCTIONS", "SHIFTS", "OPS", "Op"]
 
 
 def _found(module, *names):
@@ -40,19 +41,64 @@ _PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.GELU, nn.Tanh, nn.
             "GELUTanh", "QuickGELU") \
     + _timm("drop", "DropPath", "DropBlock2d")  # identity in eval; per-sample or per-position masks in training
 
-PASS_FUNCTIONS = {F.relu, torch.relu, F.relu6, F.leaky_relu, F.gelu, F.silu, F.hardswish, F.mish, F.elu, F.celu,
-                  F.selu, F.softplus, F.hardtanh, F.hardsigmoid, torch.sigmoid, F.sigmoid, torch.tanh, F.dropout,
-                  F.dropout2d, F.interpolate, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d, operator.neg, torch.neg,
-                  *_found("torchvision.ops", "stochastic_depth")}  # identity in eval, per-sample in training
-PASS_METHODS = {"relu", "contiguous", "clone", "detach", "neg", "tanh", "sigmoid", "float", "double", "to",
-                "type_as"}  # canonical names (gmlib.normalize): relu_ is relu; clamp is elementwise (tensor bounds)
-# elementwise ops (by gmlib.normalize's canonical name) -> their tensor parameters: channel c reads channel c of each
-ELEMENTWISE = {"add": ("input", "other"), "sub": ("input", "other"), "mul": ("input", "other"),
-               "div": ("input", "other"), "maximum": ("input", "other"), "minimum": ("input", "other"),
-               "fmax": ("input", "other"), "fmin": ("input", "other"), "clamp": ("input", "min", "max"),
-               "where": ("condition", "input", "other"), "lerp": ("input", "end", "weight"),
-               "addcmul": ("input", "tensor1", "tensor2"), "addcdiv": ("input", "tensor1", "tensor2")}
-REDUCTIONS = {"mean", "sum", "amax", "amin"}
+class Op(NamedTuple):
+    """An op by gmlib.normalize's canonical name: its positional parameters; what it does to channels ("pass": channel
+    c out reads channel c in only; "elementwise": channel c of each tensor parameter; "reduction": over the dims it
+    is given; "": read by a rule of its own, gmlib.rules.functions); the torch functions that call it as such and
+    whether a tensor method of that name does; `shifts`: a constant operand gives f(0) != 0; `nonzero`: f(0) != 0."""
+    params: tuple = ("input",)
+    kind: str = ""
+    functions: tuple = ()
+    method: bool = False
+    shifts: bool = False
+    nonzero: bool = False
+
+    @property
+    def tensors(self) -> tuple:
+        """The parameters that take tensors (alpha is a number)."""
+        return tuple(p for p in self.params if p != "alpha")
+
+
+def _ops():
+    pair, offset = ("input", "other"), dict(kind="elementwise", shifts=True)
+    ops = {name: Op(pair, **offset) for name in ("maximum", "minimum", "fmax", "fmin")}
+    ops.update(add=Op(("input", "other", "alpha"), **offset), sub=Op(("input", "other", "alpha"), **offset),
+               where=Op(("condition", "input", "other"), **offset), clamp=Op(("input", "min", "max"), **offset),
+               mul=Op(pair, "elementwise"), div=Op(pair, "elementwise"),
+               lerp=Op(("input", "end", "weight"), "elementwise"),
+               addcmul=Op(("input", "tensor1", "tensor2"), "elementwise"),
+               addcdiv=Op(("input", "tensor1", "tensor2"), "elementwise"))
+    ops.update({name: Op(("input", "dim", "keepdim"), "reduction") for name in ("mean", "sum", "amax", "amin")})
+    ops.update(cat=Op(("tensors", "dim")), stack=Op(("tensors", "dim")), flatten=Op(("input", "start_dim", "end_dim")),
+               getitem=Op(("input", "index")), size=Op(("input", "dim")), expand_as=Op(pair),
+               reshape=Op(("input", "shape")), view=Op(("input", "shape")), getattr=Op(("input", "name")))
+    # pass: activations (functions; relu, tanh, neg also as methods), resizing, pooling, dropout (identity in eval,
+    # per-sample in training), dtype and memory-layout methods; relu_ is relu (gmlib.normalize)
+    functions = {"relu": (F.relu, torch.relu), "relu6": (F.relu6,), "leaky_relu": (F.leaky_relu,),
+                 "gelu": (F.gelu,), "silu": (F.silu,), "hardswish": (F.hardswish,), "mish": (F.mish,),
+                 "elu": (F.elu,), "celu": (F.celu,), "selu": (F.selu,), "hardtanh": (F.hardtanh,),
+                 "tanh": (torch.tanh,), "neg": (operator.neg, torch.neg), "dropout": (F.dropout,),
+                 "dropout2d": (F.dropout2d,), "interpolate": (F.interpolate,), "max_pool2d": (F.max_pool2d,),
+                 "avg_pool2d": (F.avg_pool2d,), "adaptive_avg_pool2d": (F.adaptive_avg_pool2d,),
+                 "adaptive_max_pool2d": (F.adaptive_max_pool2d,),
+                 "stochastic_depth": _found("torchvision.ops", "stochastic_depth")}
+    methods = ("relu", "contiguous", "clone", "detach", "neg", "tanh", "float", "double", "to", "type_as")
+    for name in dict.fromkeys([*functions, *methods]):
+        ops[name] = Op(kind="pass", functions=functions.get(name, ()), method=name in methods)
+    ops.update(sigmoid=Op(kind="pass", functions=(torch.sigmoid, F.sigmoid), method=True, nonzero=True),
+               hardsigmoid=Op(kind="pass", functions=(F.hardsigmoid,), nonzero=True),
+               softplus=Op(kind="pass", functions=(F.softplus,), nonzero=True))
+    return ops
+
+
+OPS = _ops()  # the one table of ops: what gmlib.normalize, gmlib.rules.functions and gmlib.graph read
+PASS_FUNCTIONS = {f for op in OPS.values() if op.kind == "pass" for f in op.functions}
+PASS_METHODS = {name for name, op in OPS.items() if op.kind == "pass" and op.method}
+ELEMENTWISE = {name: op.tensors for name, op in OPS.items() if op.kind == "elementwise"}  # -> tensor parameters
+REDUCTIONS = {name for name, op in OPS.items() if op.kind == "reduction"}
+SHIFTS = {name for name, op in OPS.items() if op.shifts}
+NONZERO_AT_ZERO_FUNCTIONS = {f for op in OPS.values() if op.nonzero for f in op.functions}
+NONZERO_AT_ZERO_METHODS = {name for name, op in OPS.items() if op.nonzero and op.method}
 
 _NORM_ACT = _timm("norm_act", "BatchNormAct2d", "SyncBatchNormAct", "FrozenBatchNormAct2d", "GroupNormAct",
                   "GroupNorm1Act")
@@ -74,8 +120,6 @@ def is_pass(m: nn.Module) -> bool:
 
 
 _NONZERO_AT_ZERO = (nn.Sigmoid, nn.Hardsigmoid, nn.Softplus) + _timm("activations", "Sigmoid", "HardSigmoid")
-NONZERO_AT_ZERO_FUNCTIONS = {torch.sigmoid, F.sigmoid, F.hardsigmoid, F.softplus}
-NONZERO_AT_ZERO_METHODS = {"sigmoid"}
 
 
 def zero_stays_zero(m: nn.Module) -> bool:

@@ -7,6 +7,8 @@ in-place forms map to their out-of-place op (the value is the same; in place onl
 import inspect
 import operator
 
+from .layers import OPS
+
 __all__ = ["canonical", "bind_module_call"]
 
 _OPERATORS = {operator.add: "add", operator.iadd: "add", operator.sub: "sub", operator.isub: "sub",
@@ -17,19 +19,7 @@ _ALIASES = {"concat": "cat", "concatenate": "cat", "multiply": "mul", "subtract"
             "true_divide": "div", "clip": "clamp", "__add__": "add", "__radd__": "add", "__iadd__": "add",
             "__mul__": "mul", "__rmul__": "mul", "__imul__": "mul", "__sub__": "sub", "__isub__": "sub",
             "__truediv__": "div", "__itruediv__": "div", "__getitem__": "getitem", "__neg__": "neg"}
-# positional parameter names of the ops the rules read (the first is the tensor a method is called on)
-_SIGNATURES = {
-    "add": ("input", "other", "alpha"), "sub": ("input", "other", "alpha"), "mul": ("input", "other"),
-    "div": ("input", "other"), "maximum": ("input", "other"), "minimum": ("input", "other"),
-    "fmax": ("input", "other"), "fmin": ("input", "other"), "where": ("condition", "input", "other"),
-    "clamp": ("input", "min", "max"), "lerp": ("input", "end", "weight"),
-    "addcmul": ("input", "tensor1", "tensor2"), "addcdiv": ("input", "tensor1", "tensor2"),
-    "cat": ("tensors", "dim"), "stack": ("tensors", "dim"),
-    "mean": ("input", "dim", "keepdim"), "sum": ("input", "dim", "keepdim"), "amax": ("input", "dim", "keepdim"),
-    "amin": ("input", "dim", "keepdim"), "flatten": ("input", "start_dim", "end_dim"),
-    "getitem": ("input", "index"), "size": ("input", "dim"), "expand_as": ("input", "other"),
-    "reshape": ("input", "shape"), "view": ("input", "shape"), "getattr": ("input", "name"),
-}
+_SIGNATURES = {name: op.params for name, op in OPS.items()}  # positional parameters (the first: what a method is on)
 _VARIADIC = {"view", "reshape", "permute", "repeat", "expand", "tile"}  # x.view(b, c, -1) == x.view((b, c, -1))
 
 

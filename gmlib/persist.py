@@ -1,8 +1,11 @@
 """Save and load a pruned network without pickling code: state_dict tensors plus a JSON manifest.
 
+Step 9 of 9, one filter from its score to its removal (README, Layout): the removal remembered and saved (the kept
+indices beside the weights).
+
 Manifest = how to build the unpruned architecture (a gmlib.models name, "timm:<name>", "smp:<Arch>:<encoder>", or
 nothing for a callable builder that the loader passes again), num_classes and the kept channel indices of every
-changed module; loading rebuilds the architecture, re-applies the indices (gmlib.surgery.apply_kept), loads weights.
+changed module; loading rebuilds the architecture, re-applies the indices (gmlib.shrink.apply_kept), loads weights.
 """
 import json
 import os
@@ -11,7 +14,7 @@ import torch
 from torch import nn
 
 from . import models
-from .surgery import apply_kept
+from .shrink import apply_kept, kept_of, remember
 from .utils import atomic_open
 
 __all__ = ["save_pruned", "load_pruned"]
@@ -55,7 +58,7 @@ def _unpruned(builder, num_classes):
 def _build(builder, num_classes, kept):
     model = _unpruned(builder, num_classes)
     apply_kept(model, kept)
-    model._gmlib_kept = kept
+    remember(model, kept)
     model._gmlib_arch = builder if isinstance(builder, str) else None
     model._gmlib_builder = builder
     return model
@@ -83,7 +86,7 @@ def save_pruned(model: nn.Module, path, *, arch: str | None = None, builder=None
         raise ValueError("pass arch= (a gmlib.models name) or builder= ('timm:<name>', 'smp:<Arch>:<encoder>' or a "
                          "callable) to say how to rebuild this model")
     num_classes = None if callable(builder) else _num_classes(model) if num_classes is None else num_classes
-    kept = getattr(model, "_gmlib_kept", None) or {}
+    kept = kept_of(model)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     label = builder if isinstance(builder, str) else getattr(builder, "__name__", "the builder")
     try:

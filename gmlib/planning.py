@@ -1,5 +1,8 @@
 """What `prune` would do, worked out without touching the model: the plan of a pruning.
 
+Step 4 of 9, one filter from its score to its removal (README, Layout): its set's kept channels, selected and
+expanded to rows and columns of every module; a Plan, the model untouched.
+
 `plan(model, x, rate, ...)` traces the network (gmlib.graph), scores every voting conv of each coupling set by the
 criterion, selects the kept channels of each set (or-merge or coupled) and expands them to the kept rows and columns
 of every module. The Plan lists the coupling sets (members, size, kept, why a set is frozen), the per-layer widths
@@ -478,14 +481,12 @@ def _kept_indices(graph, kept_space):
 def _layer_rows(model, graph, kept, set_of, notes, set_rates):
     rows = []
     for name, m in model.named_modules():
-        if not isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+        rule = rule_for(m, "layer")
+        row = rule.layer(m) if rule is not None else None  # convs and Linear (gmlib.rules) have a row
+        if row is None:
             continue
+        kind, cin, cout, unassigned = row
         k = kept.get(name, {})
-        conv = not isinstance(m, nn.Linear)
-        cin, cout = (m.in_channels, m.out_channels) if conv else (m.in_features, m.out_features)
-        kind = "linear" if not conv else ("conv (groups=%d)" % m.groups if m.groups > 1 else "conv")
-        if isinstance(m, nn.ConvTranspose2d):
-            kind = "transposed " + kind
         parent = name.rsplit(".", 1)[0]
         label = getattr(rule_for(graph.modules.get(parent)), "label", "") if parent != name else ""
         if label:
@@ -493,7 +494,7 @@ def _layer_rows(model, graph, kept, set_of, notes, set_rates):
         coupling = set_of.get(name, set_of.get(parent, -1))
         note = notes.get(name, notes.get(parent, ""))
         if not note and coupling == -1:
-            note = "follows its input" if conv else "outputs kept"
+            note = unassigned
         nominal = set_rates.get(coupling, 0.0) if coupling >= 0 and not note else 0.0
         rows.append(_row(name, kind, nominal, cin, k.get("in"), cout, k.get("out"), coupling, note))
     return rows

@@ -1,5 +1,8 @@
 """`prune`'s own proof: the shrunk network computes what the original computes with the removed channels zeroed.
 
+Step 7 of 9, one filter from its score to its removal (README, Layout): the cut network proven against the original
+with the filter zeroed.
+
 One float64 twin of the model is masked (dropped rows zeroed) and run in eval and train mode, then shrunk by the same
 indices and run again: max|pruned - masked| / max|masked| must stay at float rounding, or pruning is refused.
 """
@@ -10,7 +13,7 @@ from torch import nn
 
 from .shrink import apply_kept, mask_kept
 from .transaction import held
-from .verify import flat_outputs
+from .verify import flat_outputs, relative_error
 
 __all__ = ["NotExactError", "Check", "first_difference", "copy_as", "TOLERANCE"]
 
@@ -54,14 +57,6 @@ def _run(model, inputs, mode, seed=0):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return [t.detach().clone() for t in flat_outputs(model(*inputs))]
-
-
-def _error(ref, out):
-    """Largest |out - ref| relative to the reference's largest |value|; inf when the shapes differ."""
-    if [t.shape for t in ref] != [t.shape for t in out]:
-        return float("inf")
-    scale = max((float(t.abs().max()) for t in ref if t.numel()), default=0.0) or 1.0
-    return max((float((a - b).abs().max()) for a, b in zip(out, ref) if a.numel()), default=0.0) / scale
 
 
 def _select_outputs(ref, output_kept):
@@ -142,8 +137,8 @@ class Check:
                 out = _run(self.twin, x, mode)
             except Exception:  # noqa: BLE001 - the pruned network does not run: certainly not exact
                 return mode, float("inf")
-            error = _error(ref, out)
-            if error > self.tolerance * (TRAIN_SLACK if mode == "train" else 1) and not (mode == "train" and _error(out, _run(self.twin, x, mode, seed=1))):
+            error = relative_error(ref, out)
+            if error > self.tolerance * (TRAIN_SLACK if mode == "train" else 1) and not (mode == "train" and relative_error(out, _run(self.twin, x, mode, seed=1))):
                 return mode, error
         return None
 
@@ -187,6 +182,6 @@ def first_difference(model: nn.Module, inputs: tuple, kept: dict, channels, mode
             ref = ref.index_select(1, idx.to(ref.device))
         elif out is not None and out.shape != ref.shape:
             continue  # a module whose channels the graph does not map (inside a rule's block): cannot compare
-        if out is None or out.shape != ref.shape or _error([ref], [out]) > tolerance:
+        if out is None or out.shape != ref.shape or relative_error([ref], [out]) > tolerance:
             return f"{name!r} ({type(modules[name]).__name__})"
     return "none of the modules (the difference arises in the forward's own code after the last one)"

@@ -1,9 +1,13 @@
 """Cutting a network by kept indices: each module is cut, or for the masked reference zeroed, by its rule.
 
+Step 6 of 9, one filter from its score to its removal (README, Layout): its row cut from its conv and norm and its
+column from every reader, each by its module's rule; what was kept is recorded on the model (`remember`).
+
 `kept[name] = {"out": rows, "in": columns}` names modules, or the tensors of bare per-channel parameters
 (gmlib.rules.params); `apply_kept` cuts them all (the surgery, and `load_pruned` re-applying a manifest), `mask_kept`
 zeroes what they drop instead (in eval mode an exact pruning computes the same). How a module is cut or masked is
-its rule's business (gmlib.rules: `shrink`, `mask`); this file only finds each name's owner.
+its rule's business (gmlib.rules: `shrink`, `mask`); this file finds each name's owner, and owns what a pruned model
+remembers of its cuts (`kept_of`, `remember`: the indices relative to the unpruned original).
 """
 import torch
 from torch import nn
@@ -11,7 +15,7 @@ from torch import nn
 from .rules import ModuleRule, rule_for
 from .rules.params import mask_parameter, shrink_parameter, tensor_owner
 
-__all__ = ["shrink_module", "shrink_named", "apply_kept", "mask_kept", "mask_pruned"]
+__all__ = ["shrink_module", "shrink_named", "apply_kept", "mask_kept", "mask_pruned", "kept_of", "remember"]
 
 
 _ANY = ModuleRule()  # a module no rule names (a user's block's part): its weight and bias rows are zeroed
@@ -28,7 +32,7 @@ def shrink_module(m: nn.Module, out=None, in_=None) -> None:
     """Keep rows `out` (output / norm channels) and columns `in_` (input channels) of one module, in place, as its
     rule cuts it (convs: a grouped conv keeps the same number in every group, a depthwise one takes `out` only;
     norms: GroupNorm in whole groups; Linear: `in_` only). Every other attribute is left as it was."""
-    rule = rule_for(m)
+    rule = rule_for(m, "shrink")
     if rule is None:
         raise TypeError(f"cannot shrink a {type(m).__name__}: no rule (gmlib.rules) handles it")
     rule.shrink(m, _indices(out, m), _indices(in_, m))
@@ -63,9 +67,25 @@ def mask_kept(model: nn.Module, kept: dict) -> nn.Module:
         if name not in modules and tensor_owner(modules, name) is not None:
             mask_parameter(*tensor_owner(modules, name), k["out"])
         elif k.get("out") is not None:
-            rule = rule_for(modules[name]) or _ANY
+            rule = rule_for(modules[name], "mask") or _ANY
             rule.mask(modules[name], torch.as_tensor(k["out"], dtype=torch.long))
     return model
+
+
+def kept_of(model: nn.Module) -> dict:
+    """The kept indices, relative to its unpruned original, that a pruned `model` remembers ({}: never pruned)."""
+    return getattr(model, "_gmlib_kept", None) or {}
+
+
+def remember(model: nn.Module, kept: dict) -> None:
+    """Record on `model` that it was cut by `kept` (lists of indices) after whatever it remembers: pruned twice, the
+    indices relative to the original are previous[new]. The one owner of what a pruned model knows of itself."""
+    out = {n: {d: list(v) for d, v in k.items()} for n, k in kept_of(model).items()}
+    for name, k in kept.items():
+        for d, idx in k.items():
+            base = out.get(name, {}).get(d)
+            out.setdefault(name, {})[d] = [base[i] for i in idx] if base is not None else list(idx)
+    model._gmlib_kept = out
 
 
 def mask_pruned(model: nn.Module, report) -> nn.Module:

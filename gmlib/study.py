@@ -28,7 +28,8 @@ from .graph import analyse
 from .recalibrate import recalibrate_bn
 from .schedule import iterative, prune_and_score, scalars
 from .store import Store, frame_rows
-from .surgery import apply_kept, prune
+from .shrink import apply_kept, kept_of, remember
+from .surgery import prune
 from .utils import default_device
 
 __all__ = ["BaselineConfig", "FinetuneConfig", "PROFILES", "Baseline", "Study", "plateaued"]
@@ -298,9 +299,9 @@ class Study:
         """The pruned architecture with fresh random weights (the network's own init, sliced to the kept channels):
         the "train the small network from scratch" control of Liu et al. (2019)."""
         model = models.create(self.config.arch, seed=self.config.seed if seed is None else seed)
-        kept = getattr(pruned, "_gmlib_kept", None) or {}
+        kept = kept_of(pruned)
         apply_kept(model, kept)
-        model._gmlib_kept = copy.deepcopy(kept)
+        remember(model, kept)
         return model.to(self.device)
 
     # ------------------------------------------------------------------------------------------------ baseline

@@ -1,5 +1,8 @@
 """Layer surgery: shrink the modules of a Plan in place, check the result, and undo everything on any failure.
 
+Step 5 of 9, one filter from its score to its removal (README, Layout): the plan applied, all or nothing: cut,
+checked, or put back.
+
 `prune(model, x, rate, ...)` = `apply(model, plan(model, x, rate, ...))`. For each channel space of `gmlib.graph`
 (a set of convs whose outputs meet at residual adds): "or-merge" keeps channel c if any member conv keeps it (NNI 2.x
 speedup); "coupled" selects once on the members' normalised scores summed (gmlib.planning). Producers lose rows,
@@ -15,7 +18,7 @@ from torch import nn
 from .complexity import tally
 from .planning import POLICIES, CouplingSet, LayerChange, Plan, layers_frame, plan
 from .selfcheck import Check, NotExactError, first_difference
-from .shrink import apply_kept, mask_kept, mask_pruned, shrink_module
+from .shrink import apply_kept, kept_of, mask_kept, mask_pruned, remember, shrink_module
 from .transaction import Snapshot, guard
 
 __all__ = ["prune", "apply", "plan", "Plan", "CouplingSet", "PruneReport", "LayerChange", "POLICIES", "shrink_module",
@@ -157,15 +160,13 @@ def apply(model: nn.Module, plan: Plan, *, verify: bool = True, example_inputs=N
                 f"mode its output differs from the original with the removed channels zeroed by {failure[1]:.1e} "
                 f"(relative, {str(check.dtype).replace('torch.', '')}); the outputs first part at module {where}. "
                 f"The model is left as it was; verify=False skips this check")
-        done = {n: {d: v.tolist() for d, v in k.items()} for n, k in kept.items()}
-        previous = getattr(model, "_gmlib_kept", None) or {}
-        model._gmlib_kept = _compose(previous, done)
+        remember(model, {n: {d: v.tolist() for d, v in k.items()} for n, k in kept.items()})
     except BaseException:
         snapshot.restore()
         raise
     report = PruneReport(plan.rate, plan.criterion, plan.policy, size, plan.layers, before[0], after[0], before[1],
                          after[1], list(plan.warnings),
-                         {n: {d: list(v) for d, v in k.items()} for n, k in model._gmlib_kept.items()},
+                         {n: {d: list(v) for d, v in k.items()} for n, k in kept_of(model).items()},
                          plan.coverage, dict(plan.frozen))
     asked = plan.rate if isinstance(plan.rate, float) else max((c.rate for c in plan.sets), default=0.0)
     if asked > 0 and report.params_reduction < 50 * asked:
@@ -182,13 +183,3 @@ def _channels_of(plan, kept, name):
     graph = plan._graph
     layout = graph.layouts.get(name) if graph is not None else None
     return graph.spaces.layout_kept(layout, plan._kept_space) if layout else None
-
-
-def _compose(previous, new):
-    """Indices relative to the original model after pruning twice: previous[new]."""
-    out = {n: dict(k) for n, k in previous.items()}
-    for name, k in new.items():
-        for d, idx in k.items():
-            base = out.get(name, {}).get(d)
-            out.setdefault(name, {})[d] = [base[i] for i in idx] if base is not None else list(idx)
-    return out

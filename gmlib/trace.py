@@ -1,5 +1,8 @@
 """torch.fx tracing with the example input's concrete values: shape checks are evaluated, not refused.
 
+Step 1 of 9, one filter from its score to its removal (README, Layout): the network, run once on the example input,
+as a graph of what each op does.
+
 Every node is run as it is recorded (leaf modules in eval mode, attributes on copies), so each node has a value;
 `if h % 32` on sizes read from shapes takes the branch the example input takes and is remembered as a guard;
 control flow on tensor data still fails (the module becomes opaque: a branch on data is not the same for every input).

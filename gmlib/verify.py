@@ -9,7 +9,7 @@ import copy
 import torch
 from torch import nn
 
-__all__ = ["fingerprint", "survivors", "masked_reference", "check_exact", "flat_outputs"]
+__all__ = ["fingerprint", "survivors", "masked_reference", "check_exact", "flat_outputs", "relative_error"]
 
 
 @torch.no_grad()
@@ -149,8 +149,16 @@ def check_exact(original: nn.Module, pruned: nn.Module, example_inputs) -> float
     a, b = flat_outputs(a), flat_outputs(b)
     if [t.shape for t in a] != [t.shape for t in b]:
         raise ValueError(f"output shapes differ: {[tuple(t.shape) for t in a]} vs {[tuple(t.shape) for t in b]}")
-    scale = max(float(t.abs().max()) for t in b) or 1.0
-    return max(float((x - y).abs().max()) for x, y in zip(a, b)) / scale
+    return relative_error(b, a)
+
+
+def relative_error(reference: list, out: list) -> float:
+    """Largest |out - reference| relative to the reference's largest |value| over lists of tensors (gmlib's
+    self-check and `check_exact` alike); inf when the shapes differ."""
+    if [t.shape for t in reference] != [t.shape for t in out]:
+        return float("inf")
+    scale = max((float(t.abs().max()) for t in reference if t.numel()), default=0.0) or 1.0
+    return max((float((a - b).abs().max()) for a, b in zip(out, reference) if a.numel()), default=0.0) / scale
 
 
 def flat_outputs(out) -> list:

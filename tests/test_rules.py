@@ -81,6 +81,9 @@ class PointConvRule(ModuleRule):
         with torch.no_grad():
             m.w[drop] = 0
 
+    def layer(self, m):
+        return "point conv", m.w.shape[1], m.w.shape[0], "follows its input"
+
 
 class Custom(nn.Module):
     def __init__(self):
@@ -101,10 +104,35 @@ def test_registered_rules_make_a_users_modules_prune_exactly():
         assert pruned.a[0].out_channels == 4 and pruned.scale.gamma.shape == (4,) and pruned.p.w.shape == (3, 4)
         kept = report.kept["scale"]["out"]
         assert torch.equal(pruned.scale.gamma.detach(), original.scale.gamma.detach()[kept])
+        row = next(layer for layer in report.layers if layer.name == "p")  # the rule's own row in the report
+        assert (row.kind, row.in_before, row.in_after, row.out_before, row.out_after) == ("point conv", 8, 4, 6, 3)
     finally:
         unregister_rule(Scale)
         unregister_rule(PointConv)
     assert gmlib.rules.rule_for(Scale(2)) is None
+
+
+class TaggedConv(nn.Conv2d):
+    """A conv subclass a user registers a rule for that only says how it is analysed."""
+
+
+class TaggedConvRule(ModuleRule):
+    is_conv = True
+
+    def analyse(self, ctx, name, m, layout):
+        ctx.read(name, "conv_in", layout)
+        return (ctx.new_space(m.out_channels, producer=Producer("conv", name, self)),)
+
+
+def test_a_users_rule_without_cut_mask_or_row_gets_the_built_in_ones_of_its_type():
+    net = nn.Sequential(TaggedConv(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 2, 1))
+    try:
+        register_rule(TaggedConv, TaggedConvRule())
+        _, pruned, report = prune_exactly(net)
+    finally:
+        unregister_rule(TaggedConv)
+    assert type(pruned[0]) is TaggedConv and pruned[0].out_channels == 4 == pruned[3].in_channels
+    assert next(layer for layer in report.layers if layer.name == "0").kind == "conv"
 
 
 def test_register_rule_checks_its_arguments():

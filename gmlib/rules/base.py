@@ -110,14 +110,13 @@ class ModuleRule:
 
     def shrink(self, module: nn.Module, out=None, in_=None) -> None:
         """Cut `module` in place to output rows `out` and input columns `in_` (LongTensors on its device, or None).
+        A user's rule that leaves it out is cut as the built-in rule for its type cuts (gmlib.rules.rule_for)."""
+        raise TypeError(f"cannot shrink a {type(module).__name__}")
 
-        By default a module is cut as the built-in rule for its type cuts it (a user's rule for a Conv2d subclass
-        need not say how a conv is cut)."""
-        from .registry import builtin_rule_for
-        rule = builtin_rule_for(module)
-        if rule is None or rule is self or type(rule).shrink is ModuleRule.shrink:
-            raise TypeError(f"cannot shrink a {type(module).__name__}")
-        rule.shrink(module, out, in_)
+    def layer(self, module: nn.Module):
+        """Its row in a plan's layer table, or None: (kind label, input channels, output channels, the note when no
+        coupling set writes its outputs). Convs and Linear have one."""
+        return None
 
     @torch.no_grad()
     def mask(self, module: nn.Module, out) -> None:

@@ -55,6 +55,10 @@ class Conv(ModuleRule):
         s = super().scores(graph, producer, criterion, generator)
         return s[producer.part[0]:producer.part[0] + producer.part[1]] if producer.part else s
 
+    def layer(self, m):
+        return ("conv (groups=%d)" % m.groups if m.groups > 1 else "conv"), m.in_channels, m.out_channels, \
+            "follows its input"
+
     @torch.no_grad()
     def shrink(self, m, out=None, in_=None):
         """Rows `out`, columns `in_`; grouped: both must keep the same number in every group; depthwise: one set."""
@@ -104,7 +108,7 @@ class FrozenConv(ModuleRule):
         ctx.conv_out[name] = result
         return result
 
-    shrink = Conv.shrink  # never asked by a plan (its channels are kept), but its tensors are a conv's
+    shrink, layer = Conv.shrink, Conv.layer  # never cut by a plan (its channels are kept), but a conv's tensors
 
 
 class ConvTranspose(ModuleRule):
@@ -135,6 +139,10 @@ class ConvTranspose(ModuleRule):
         m = graph.modules[producer.name]
         norm = graph.modules.get(graph.norm_after.get(producer.name))
         return scores_of(m, criterion, norm, producer.name, generator, weight=m.weight.transpose(0, 1))
+
+    def layer(self, m):
+        kind, cin, cout, note = Conv.layer(self, m)
+        return "transposed " + kind, cin, cout, note
 
     @torch.no_grad()
     def shrink(self, m, out=None, in_=None):
@@ -171,6 +179,9 @@ class Linear(ModuleRule):
         else:
             ctx.freeze(lin, f"Linear on a {len(shape)}-d tensor ({name})")
         return ctx.fresh(ctx.node, f"Linear outputs are not pruned ({name})")
+
+    def layer(self, m):
+        return "linear", m.in_features, m.out_features, "outputs kept"
 
     @torch.no_grad()
     def shrink(self, m, out=None, in_=None):

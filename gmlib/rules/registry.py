@@ -28,7 +28,8 @@ def register_rule(module_type: type, rule: ModuleRule) -> ModuleRule:
         gmlib.register_rule(Scale, gmlib.rules.PerChannel("gamma"))
         gmlib.prune(model_with_scales, torch.randn(1, 3, 32, 32), 0.3)
 
-    A rule that produces channels subclasses `gmlib.rules.ModuleRule` (see its docstring and gmlib.rules.conv).
+    A rule that produces channels subclasses `gmlib.rules.ModuleRule` (see its docstring and gmlib.rules.conv):
+    `analyse`, and where the defaults do not fit, `scores`, `expand`, `shrink`, `mask` and `layer`.
     """
     if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
         raise TypeError(f"module_type must be a subclass of torch.nn.Module, got {module_type!r}")
@@ -49,13 +50,17 @@ def builtin(rule: ModuleRule) -> ModuleRule:
     return rule
 
 
-def rule_for(module):
-    """The rule that handles `module`, or None (then its channels are kept: an unknown module)."""
+def rule_for(module, method: str | None = None):
+    """The rule that handles `module`, or None (then its channels are kept: an unknown module). With `method`
+    ("shrink", "mask", "layer"): the rule that does that for it, a user's rule only where it defines the method
+    (a rule for a Conv2d subclass need not say how a conv is cut), else the built-in one."""
     if module is None:
         return None
     for t, rule in _USER:
         if isinstance(module, t):
-            return rule
+            if method is None or getattr(type(rule), method) is not getattr(ModuleRule, method):
+                return rule
+            break
     return builtin_rule_for(module)
 
 
