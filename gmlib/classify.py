@@ -1,8 +1,9 @@
 """Training and scoring an image classifier whose classes are ordered grades of one defect (ELPV's 0, 1/3, 2/3, 1).
 
-The network predicts the grades (softmax over K); the primary, binary call is "defective" when the grades at or
-above `positive_from` hold at least half the probability. Scores: binary accuracy and balanced accuracy (the mean of
-the two classes' recalls), the K-grade accuracy, and the loss.
+Two heads: K outputs (softmax over the grades; "defective" when the grades from `positive_from` on hold at least
+half the probability), or one output (a sigmoid regressing the grade's defect probability g / (K - 1), trained with
+binary cross-entropy on that soft target; "defective" when it is at least 0.5, the grade call its nearest grade).
+Scores: binary accuracy and balanced accuracy (the mean of the two classes' recalls), grade accuracy, and the loss.
 """
 import math
 import time
@@ -18,7 +19,8 @@ from tqdm.auto import tqdm
 from .train import random_streams, read_training_state, set_random_states, write_training_state
 from .utils import default_device
 
-__all__ = ["balanced_class_weights", "class_probabilities", "classifier_scores", "agreement", "fit_classifier"]
+__all__ = ["balanced_class_weights", "class_probabilities", "defect_probability", "grade_call", "classifier_scores",
+           "agreement", "classifier_loss", "fit_classifier"]
 
 
 def balanced_class_weights(labels, n_classes: int) -> torch.Tensor:
@@ -28,16 +30,21 @@ def balanced_class_weights(labels, n_classes: int) -> torch.Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
+def _normalise(logits: torch.Tensor) -> torch.Tensor:
+    return torch.sigmoid(logits) if logits.shape[1] == 1 else F.softmax(logits, dim=1)
+
+
 @torch.no_grad()
 def class_probabilities(model: nn.Module, loader, *, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(softmax probabilities (N, K), labels (N,)) over `loader`, in eval mode; the model's mode is restored."""
+    """(outputs, labels (N,)) over `loader` in eval mode (the model's mode is restored): outputs are softmax
+    probabilities (N, K) of a K-output head, or the defect probability (N, 1) of a one-output head."""
     device = torch.device(device) if device is not None else default_device()
     was_training = model.training
     model.eval().to(device)
     probs, labels = [], []
     try:
         for images, y in loader:
-            probs.append(F.softmax(model(images.to(device)).float(), dim=1).cpu())
+            probs.append(_normalise(model(images.to(device)).float()).cpu())
             labels.append(y)
     finally:
         model.train(was_training)
@@ -46,38 +53,65 @@ def class_probabilities(model: nn.Module, loader, *, device=None) -> tuple[torch
     return torch.cat(probs), torch.cat(labels)
 
 
-def _binary(probs: torch.Tensor, positive_from: int) -> torch.Tensor:
-    return (probs[:, positive_from:].sum(1) >= 0.5).long()
+def defect_probability(probs: torch.Tensor, positive_from: int = 2) -> torch.Tensor:
+    """(N,): the one-output head's probability, or the K-output head's mass on the grades from `positive_from`."""
+    return probs[:, 0] if probs.shape[1] == 1 else probs[:, positive_from:].sum(1)
 
 
-def classifier_scores(probs: torch.Tensor, labels: torch.Tensor, *, positive_from: int = 2,
+def grade_call(probs: torch.Tensor, grades: int = 4) -> torch.Tensor:
+    """(N,) grade indices: the argmax of a K-output head, the nearest grade of a one-output head's probability."""
+    return (probs[:, 0] * (grades - 1)).round().long() if probs.shape[1] == 1 else probs.argmax(1)
+
+
+def classifier_loss(outputs: torch.Tensor, labels: torch.Tensor, class_weights=None, *, positive_from: int = 2,
+                    grades: int = 4, logits: bool = True) -> torch.Tensor:
+    """Cross-entropy over the grades (weighted by `class_weights`, one per grade), or for a one-output head binary
+    cross-entropy against the soft target g / (grades - 1), each cell weighted by `class_weights` of its binary class
+    (two weights: not defective, defective)."""
+    if outputs.shape[1] > 1:
+        weight = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32,
+                                                                     device=outputs.device)
+        log_p = F.log_softmax(outputs, 1) if logits else torch.log(outputs.clamp_min(1e-12))
+        return F.nll_loss(log_p, labels, weight=weight)
+    target = labels.float() / (grades - 1)
+    if logits:
+        per_cell = F.binary_cross_entropy_with_logits(outputs[:, 0], target, reduction="none")
+    else:
+        per_cell = F.binary_cross_entropy(outputs[:, 0].clamp(1e-7, 1 - 1e-7), target, reduction="none")
+    if class_weights is None:
+        return per_cell.mean()
+    weight = torch.as_tensor(class_weights, dtype=torch.float32, device=outputs.device)[(labels >= positive_from).long()]
+    return (per_cell * weight).sum() / weight.sum()
+
+
+def classifier_scores(probs: torch.Tensor, labels: torch.Tensor, *, positive_from: int = 2, grades: int = 4,
                       class_weights=None) -> dict:
-    """accuracy and balanced_accuracy of the binary call, accuracy_grades (argmax over the K grades) and loss
-    (cross-entropy, weighted by `class_weights` when given)."""
-    truth, call = (labels >= positive_from).long(), _binary(probs, positive_from)
+    """accuracy and balanced_accuracy of the binary call, accuracy_grades and loss (`classifier_loss`)."""
+    truth, call = (labels >= positive_from).long(), (defect_probability(probs, positive_from) >= 0.5).long()
     recalls = [(call[truth == c] == c).float().mean().item() for c in (0, 1) if (truth == c).any()]
-    weight = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
-    loss = F.nll_loss(torch.log(probs.clamp_min(1e-12)), labels, weight=weight).item()
+    loss = classifier_loss(probs, labels, class_weights, positive_from=positive_from, grades=grades, logits=False)
     return {"accuracy": (call == truth).float().mean().item(), "balanced_accuracy": float(np.mean(recalls)),
-            "accuracy_grades": (probs.argmax(1) == labels).float().mean().item(), "loss": loss}
+            "accuracy_grades": (grade_call(probs, grades) == labels).float().mean().item(), "loss": loss.item()}
 
 
-def agreement(probs: torch.Tensor, reference: torch.Tensor, *, positive_from: int = 2) -> dict:
+def agreement(probs: torch.Tensor, reference: torch.Tensor, *, positive_from: int = 2, grades: int = 4) -> dict:
     """How much of a reference network's function another keeps, on the same inputs: the share of binary calls and
-    of grade calls that agree, and the mean total-variation distance between the two softmax outputs (0 = same)."""
+    of grade calls that agree, and the mean total-variation distance between the two outputs (0 = the same)."""
     if probs.shape != reference.shape:
         raise ValueError(f"probabilities {tuple(probs.shape)} and reference {tuple(reference.shape)} differ in shape")
-    return {"agree_binary": (_binary(probs, positive_from) == _binary(reference, positive_from)).float().mean().item(),
-            "agree_grades": (probs.argmax(1) == reference.argmax(1)).float().mean().item(),
-            "tv_distance": 0.5 * (probs - reference).abs().sum(1).mean().item()}
+    same = (defect_probability(probs, positive_from) >= 0.5) == (defect_probability(reference, positive_from) >= 0.5)
+    tv = (probs - reference).abs()[:, 0] if probs.shape[1] == 1 else 0.5 * (probs - reference).abs().sum(1)
+    return {"agree_binary": same.float().mean().item(),
+            "agree_grades": (grade_call(probs, grades) == grade_call(reference, grades)).float().mean().item(),
+            "tv_distance": tv.mean().item()}
 
 
 def fit_classifier(model: nn.Module, train_loader, val_loader=None, *, epochs: int, lr: float,
                    weight_decay: float = 1e-4, class_weights=None, positive_from: int = 2, monitor: str =
-                   "balanced_accuracy", warmup: float = 0.15, seed: int = 0, device=None,
+                   "balanced_accuracy", warmup: float = 0.15, grades: int = 4, seed: int = 0, device=None,
                    progress: bool = True, resume=None) -> pd.DataFrame:
-    """Train in place with AdamW and a one-cycle schedule (linear warm-up over `warmup` of the steps to `lr`, then
-    cosine to ~0), weighted cross-entropy over the grades.
+    """Train in place with AdamW and a one-cycle schedule (warm-up over `warmup` of the steps to `lr`, then cosine to
+    ~0), with `classifier_loss` (its form follows the head's width).
 
     With `val_loader`, every epoch is scored on it and the best epoch by `monitor` (ties keep the earlier) is loaded
     back at the end; without, the last epoch is kept (a fixed budget, as fine-tuning comparisons need). With
@@ -97,7 +131,6 @@ def fit_classifier(model: nn.Module, train_loader, val_loader=None, *, epochs: i
     torch.manual_seed(seed)
     device = torch.device(device) if device is not None else default_device()
     model.to(device)
-    weight = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32, device=device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * len(train_loader),
                                                     pct_start=warmup, anneal_strategy="cos")
@@ -117,7 +150,8 @@ def fit_classifier(model: nn.Module, train_loader, val_loader=None, *, epochs: i
         start, loss_sum, seen = time.perf_counter(), 0.0, 0
         lr_now = optimizer.param_groups[0]["lr"]
         for images, labels in tqdm(train_loader, desc=f"epoch {epoch}", leave=False, disable=not progress):
-            loss = F.cross_entropy(model(images.to(device)), labels.to(device), weight=weight)
+            loss = classifier_loss(model(images.to(device)), labels.to(device), class_weights,
+                                   positive_from=positive_from, grades=grades)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -129,7 +163,8 @@ def fit_classifier(model: nn.Module, train_loader, val_loader=None, *, epochs: i
         row = {"epoch": epoch, "lr": lr_now, "train_loss": loss_sum / seen, "seconds": time.perf_counter() - start}
         if val_loader is not None:
             probs, labels = class_probabilities(model, val_loader, device=device)
-            val = classifier_scores(probs, labels, positive_from=positive_from, class_weights=class_weights)
+            val = classifier_scores(probs, labels, positive_from=positive_from, grades=grades,
+                                    class_weights=class_weights)
             is_best = best_state is None or val[monitor] > best
             if is_best:
                 best = val[monitor]

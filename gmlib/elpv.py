@@ -32,6 +32,7 @@ from .utils import default_device
 __all__ = ["ElpvRecipe", "ElpvBaseline", "ElpvStudy", "fresh_init", "DESIGN", "chosen_lr", "planned_points"]
 
 N_GRADES = len(PROBABILITIES)
+HEADS = {"probability": 1, "grades": N_GRADES}  # outputs of each head
 RECAL_SEED = 10_000  # the training batches that re-estimate BatchNorm statistics: the same for every pruned network
 
 
@@ -39,6 +40,9 @@ RECAL_SEED = 10_000  # the training batches that re-estimate BatchNorm statistic
 class ElpvRecipe:
     """Everything that decides a baseline: split, resolution, network start and training recipe."""
     size: int = 128             # cells are resized once from 300 x 300
+    # "probability": one output regressing the expert's defect probability (binary cross-entropy on the soft
+    # target, the two binary classes weighted alike); "grades": a softmax over the four grades, each weighted alike
+    head: str = "probability"
     pretrained: bool = True     # ImageNet weights (checked file) or torchvision's random init
     epochs: int = 16
     lr: float = 1e-3            # AdamW one-cycle peak
@@ -116,7 +120,12 @@ class ElpvStudy:
         self.train_set = ElpvDataset(self.data, self.train_idx, r.size, augment=True)
         self.plain_train_set = ElpvDataset(self.data, self.train_idx, r.size)
         self.val_set, self.test_set = (ElpvDataset(self.data, i, r.size) for i in (self.val_idx, self.test_idx))
-        self.class_weights = balanced_class_weights(self.data.classes[self.train_idx], N_GRADES)
+        if self.recipe.head not in HEADS:
+            raise ValueError(f"head must be one of {', '.join(HEADS)}, got {self.recipe.head!r}")
+        labels = self.data.classes[self.train_idx]
+        self.outputs = HEADS[self.recipe.head]
+        self.class_weights = balanced_class_weights((labels >= 2).astype(int), 2) if self.outputs == 1 else \
+            balanced_class_weights(labels, N_GRADES)
         self._baselines = {}
         self.seg_data_dir, self.results_dir, self.seg_profile, self._seg = seg_data_dir, results_dir, seg_profile, {}
 
@@ -171,7 +180,7 @@ class ElpvStudy:
         config = dataclasses.asdict(recipe)
         if recipe.pretrained:
             config["pretrained"] = {"sha256": weights.MOBILENET_V2.sha256}
-        return {"arch": "torchvision:mobilenet_v2", "grades": N_GRADES, "recipe": config,
+        return {"arch": "torchvision:mobilenet_v2", "outputs": HEADS[recipe.head], "recipe": config,
                 "data": self.data_identity()}
 
     def fit(self, model: nn.Module, epochs: int, lr: float, seed: int, validate: bool, resume=None) -> pd.DataFrame:
@@ -188,13 +197,13 @@ class ElpvStudy:
         if key in self._baselines:
             return self._baselines[key]
         recipe = dataclasses.replace(self.recipe, **overrides)
-        if recipe.size != self.recipe.size:
+        if (recipe.size, recipe.head) != (self.recipe.size, self.recipe.head):  # other cells or class weights
             return ElpvStudy(self.store.root, recipe, device=self.device, progress=self.progress,
                              results_dir=self.results_dir).baseline()
 
         def compute():
             torch.manual_seed(recipe.seed)
-            model = weights.mobilenet_v2(N_GRADES, pretrained=recipe.pretrained)
+            model = weights.mobilenet_v2(HEADS[recipe.head], pretrained=recipe.pretrained)
             if not recipe.pretrained:
                 fresh_init(model, recipe.seed)
             resume.parent.mkdir(parents=True, exist_ok=True)
@@ -209,7 +218,7 @@ class ElpvStudy:
         resume = Path(self.results_dir) / "training" / f"elpv-{key}.pt"
         record = self.store.fetch("elpv_baseline", config, compute)
         resume.unlink(missing_ok=True)
-        model = weights.mobilenet_v2(N_GRADES, pretrained=False)
+        model = weights.mobilenet_v2(HEADS[recipe.head], pretrained=False)
         model.load_state_dict(record.tensors())
         model = model.to(self.device).eval()
         params, macs = count(model, (3, recipe.size, recipe.size))
@@ -432,11 +441,13 @@ class ElpvStudy:
 # What scripts/compute_elpv.py computes, stage by stage, and chapter 13 reads. Within a stage, points come in order
 # of how much they tell: the first seeds of every cell before the later ones, the middle rates before the ends.
 DESIGN = {
-    "stages": ("baselines", "resolution", "lr", "scratch_baseline", "grid", "seg_baselines", "seg_grid", "allocation", "deployment",
+    "stages": ("choices", "baselines", "lr", "scratch_baseline", "grid", "seg_baselines", "seg_grid", "allocation", "deployment",
                "budgets", "scratch_init"),
-    # the input resolution: the pretrained network trained `resolution_epochs` at each, accuracy against cost
+    # the head and the input resolution, chosen on validation: the pretrained network trained `choice_epochs` with
+    # each head at the first resolution, and with the first head at each resolution (accuracy against cost)
+    "heads": ("probability", "grades"),
     "resolutions": (128, 224),
-    "resolution_epochs": 4,
+    "choice_epochs": 4,
     "criteria": ("fpgm", "l1", "random", "fpgm-sum", "bn"),
     "rates": (0.3, 0.5, 0.2, 0.4, 0.6, 0.1, 0.7),
     "seeds": {"fpgm": 5, "l1": 5, "random": 5, "fpgm-sum": 3, "bn": 3},
@@ -496,9 +507,10 @@ def planned_points(study: "ElpvStudy", stage: str) -> list:
         return [dict(kind="baseline", pretrained=True)]
     if stage == "scratch_baseline":  # the same network and recipe from torchvision's random init
         return [dict(kind="baseline", pretrained=False)]
-    if stage == "resolution":
-        return [dict(kind="baseline", pretrained=True, size=s, epochs=d["resolution_epochs"])
-                for s in d["resolutions"]]
+    if stage == "choices":
+        first = dict(kind="baseline", pretrained=True, epochs=d["choice_epochs"], size=d["resolutions"][0])
+        return [{**first, "head": h} for h in d["heads"]] + \
+               [{**first, "head": d["heads"][0], "size": s} for s in d["resolutions"][1:]]
     if stage == "lr":
         return [dict(kind="finetuned", criterion="fpgm", rate=r, seed=0, epochs=ep, lr=lr)
                 for r in d["lr_rates"] for lr in d["lr_candidates"]]

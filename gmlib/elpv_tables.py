@@ -9,7 +9,7 @@ import pandas as pd
 from . import verdicts
 from .elpv import DESIGN, ElpvStudy, chosen_lr, planned_points
 
-__all__ = ["MARGIN", "BAR", "PUBLISHED", "progress", "baselines", "learning_curves", "resolution", "lr_choice",
+__all__ = ["MARGIN", "BAR", "PUBLISHED", "progress", "baselines", "learning_curves", "choices", "lr_choice",
            "grid", "figure5", "paired", "function_kept"]
 
 # Balanced accuracy on 654 test cells: one cell moves it by 0.1-0.4 points. A practitioner would not choose a
@@ -31,7 +31,7 @@ def progress(study: ElpvStudy) -> pd.DataFrame:
     """Per stage of DESIGN: points stored of points planned (a stage whose inputs are missing plans none yet)."""
     rows = []
     for stage in DESIGN["stages"]:
-        points = planned_points(study, stage) if stage in ("baselines", "resolution", "lr") or \
+        points = planned_points(study, stage) if stage in ("choices", "baselines", "lr") or \
             not study.baseline_missing() else []
         rows.append({"stage": stage, "stored": sum(study.stored(p) for p in points), "planned": len(points)})
     return pd.DataFrame(rows)
@@ -67,16 +67,17 @@ def learning_curves(study: ElpvStudy) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def resolution(study: ElpvStudy) -> pd.DataFrame:
-    """The pretrained network trained DESIGN["resolution_epochs"] epochs at each resolution: validation and test
-    scores, MACs and training seconds per epoch."""
+def choices(study: ElpvStudy) -> pd.DataFrame:
+    """The choices stage: the pretrained network trained DESIGN["choice_epochs"] epochs with each head and at each
+    resolution: validation (which chooses) and test scores, MACs and training seconds per epoch."""
     rows = []
-    for size in DESIGN["resolutions"]:
-        overrides = dict(pretrained=True, size=size, epochs=DESIGN["resolution_epochs"])
+    for point in planned_points(study, "choices"):
+        overrides = {k: v for k, v in point.items() if k != "kind"}
         if study.baseline_missing(**overrides):
             continue
         base = study.baseline(**overrides)
-        rows.append({"resolution": size, "val balanced accuracy": base.val["balanced_accuracy"],
+        rows.append({"head": point["head"], "resolution": point["size"],
+                     "val balanced accuracy": base.val["balanced_accuracy"],
                      "test balanced accuracy": base.test["balanced_accuracy"], "test accuracy": base.test["accuracy"],
                      "MMACs": base.macs / 1e6, "s per epoch": base.seconds / len(base.history)})
     return pd.DataFrame(rows)

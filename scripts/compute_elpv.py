@@ -32,7 +32,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     study = ElpvStudy(args.store, progress=not args.dry_run, seg_data_dir=args.data, results_dir=ROOT / "results")
     for stage in args.only or DESIGN["stages"]:
-        if stage not in ("baselines", "resolution", "seg_baselines", "seg_grid") and study.baseline_missing():
+        if stage not in ("choices", "baselines", "seg_baselines", "seg_grid") and study.baseline_missing():
             print(f"{stage}: waits for the pretrained baseline")
             continue
         points = planned_points(study, stage)

@@ -152,6 +152,23 @@ def test_scores_follow_their_definitions():
     assert classify.agreement(probs, probs) == {"agree_binary": 1.0, "agree_grades": 1.0, "tv_distance": 0.0}
 
 
+def test_a_one_output_head_regresses_the_defect_probability():
+    p = torch.tensor([[0.1], [0.45], [0.8], [0.55]])  # the sigmoid of the one output
+    labels = torch.tensor([0, 2, 3, 1])                # grades: targets 0, 2/3, 1, 1/3
+    s = classify.classifier_scores(p, labels, class_weights=torch.tensor([1.0, 3.0]))
+    # calls 0, 0, 1, 1 against truth 0, 1, 1, 0: right 2 of 4, recalls 1/2 and 1/2; nearest grades 0, 1, 2, 2
+    # against 0, 2, 3, 1: one right
+    assert s["accuracy"] == 0.5 and s["balanced_accuracy"] == 0.5 and s["accuracy_grades"] == 0.25
+    target = labels.float() / 3
+    bce = -(target * torch.log(p[:, 0]) + (1 - target) * torch.log(1 - p[:, 0]))
+    weight = torch.tensor([1.0, 3.0, 3.0, 1.0])  # by binary class
+    assert s["loss"] == pytest.approx(((bce * weight).sum() / weight.sum()).item(), rel=1e-5)
+    a = classify.agreement(p, torch.tensor([[0.2], [0.6], [0.8], [0.5]]))
+    assert a["agree_binary"] == 0.75 and a["tv_distance"] == pytest.approx((0.1 + 0.15 + 0 + 0.05) / 4)  # calls 0011, 0111
+    logits = torch.logit(p)
+    assert classify.classifier_loss(logits, labels).item() == pytest.approx(bce.mean().item(), rel=1e-5)
+
+
 def test_balanced_weights_equalise_the_classes():
     w = classify.balanced_class_weights([0, 0, 0, 1, 2, 2], 4)
     assert w.tolist() == pytest.approx([6 / 12, 6 / 4, 6 / 8, 0.0])
@@ -190,7 +207,8 @@ def test_every_experiment_runs_end_to_end_and_is_stored_once(tmp_path):
     assert {r.path: r.created for r in Store(tmp_path / "store").records()} == created
     assert planned_points(again, "baselines") + planned_points(again, "scratch_baseline") == \
         [dict(kind="baseline", pretrained=True), dict(kind="baseline", pretrained=False)]
-    assert [p["size"] for p in planned_points(again, "resolution")] == list(DESIGN["resolutions"])
+    chosen = planned_points(again, "choices")
+    assert [(p["head"], p["size"]) for p in chosen] == [("probability", 128), ("grades", 128), ("probability", 224)]
     assert planned_points(again, "grid") == []  # waits for the lr stage, which reads validation only
     assert len(planned_points(again, "lr")) == len(DESIGN["lr_rates"]) * len(DESIGN["lr_candidates"])
 
