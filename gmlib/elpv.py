@@ -29,7 +29,8 @@ from .store import Store, frame_rows
 from .surgery import prune
 from .utils import default_device
 
-__all__ = ["ElpvRecipe", "ElpvBaseline", "ElpvStudy", "fresh_init", "DESIGN", "chosen_lr", "planned_points"]
+__all__ = ["ElpvRecipe", "ElpvBaseline", "ElpvStudy", "fresh_init", "DESIGN", "chosen_setup", "chosen_lr",
+           "planned_points"]
 
 N_GRADES = len(PROBABILITIES)
 HEADS = {"probability": 1, "grades": N_GRADES}  # outputs of each head
@@ -448,6 +449,7 @@ DESIGN = {
     "heads": ("probability", "grades"),
     "resolutions": (128, 224),
     "choice_epochs": 4,
+    "choice_margin": 0.01,
     "criteria": ("fpgm", "l1", "random", "fpgm-sum", "bn"),
     "rates": (0.3, 0.5, 0.2, 0.4, 0.6, 0.1, 0.7),
     "seeds": {"fpgm": 5, "l1": 5, "random": 5, "fpgm-sum": 3, "bn": 3},
@@ -485,6 +487,26 @@ def segmentation_study(pretrained: bool, store_dir, data_dir, results_dir, progr
     return Study(profile, data_dir, results_dir, store_dir=store_dir, progress=progress, arch="fpn_mobilenet_v2",
                  pretrained=str(weights.find_weights()) if pretrained else "", restart_epochs=0, restart_lr=0.0,
                  **epochs)
+
+
+def chosen_setup(study: "ElpvStudy") -> dict | None:
+    """The head and the resolution the choices stage picks on validation balanced accuracy (None until it is all
+    stored): the better head at the first resolution; the cheapest resolution unless a dearer one beats it by more
+    than `margin` (a point of balanced accuracy: what it costs must buy something)."""
+    scores = {}
+    for point in planned_points(study, "choices"):
+        args = {k: v for k, v in point.items() if k != "kind"}
+        if study.baseline_missing(**args):
+            return None
+        scores[point["head"], point["size"]] = study.baseline(**args).val["balanced_accuracy"]
+    first = DESIGN["resolutions"][0]
+    head = max(DESIGN["heads"], key=lambda h: scores[h, first])
+    size = first
+    for s in DESIGN["resolutions"][1:]:
+        if (DESIGN["heads"][0], s) in scores and scores[DESIGN["heads"][0], s] > scores[DESIGN["heads"][0], first] + \
+                DESIGN["choice_margin"]:
+            size = s
+    return {"head": head, "size": size}
 
 
 def chosen_lr(study: "ElpvStudy") -> float | None:

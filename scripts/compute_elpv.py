@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gmlib.elpv import DESIGN, ElpvStudy, chosen_lr, planned_points  # noqa: E402
+from gmlib.elpv import DESIGN, ElpvStudy, chosen_lr, chosen_setup, planned_points  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -46,6 +46,13 @@ def main(argv=None) -> int:
             tqdm.write(f"{stage} {point} {time.perf_counter() - start:.0f} s")
         if stage == "lr":
             print(f"lr chosen on validation: {chosen_lr(study)}", flush=True)
+        if stage == "choices" and not args.dry_run:
+            setup = chosen_setup(study)
+            if setup != {"head": study.recipe.head, "size": study.recipe.size}:
+                print(f"validation chooses {setup}, not the recipe's head {study.recipe.head!r} at "
+                      f"{study.recipe.size} px: change ElpvRecipe's defaults before the rest is computed", flush=True)
+                return 1
+            print(f"validation chooses {setup}, the recipe's defaults", flush=True)
     return 0
 
 

@@ -321,3 +321,27 @@ def test_chapter_13s_tables_read_the_store_and_call_by_the_rule(tmp_path, monkey
     kept = elpv_tables.function_kept(study)
     assert len(kept) == 2 and kept["agree, recalibrated"].between(0, 1).all()
     assert elpv_tables.lr_choice(study)[1] == 1e-3
+
+
+def test_the_setup_is_chosen_on_validation_with_a_margin_for_cost(monkeypatch):
+    from gmlib import elpv
+
+    class Fake:
+        def __init__(self, val):
+            self.val = val
+
+        def baseline_missing(self, **args):
+            return (args["head"], args["size"]) not in self.val
+
+        def baseline(self, **args):
+            return type("B", (), {"val": {"balanced_accuracy": self.val[args["head"], args["size"]]}})
+
+    def study(scores):
+        s = Fake(scores)
+        s.recipe = elpv.ElpvRecipe()
+        return s
+    full = {("probability", 128): 0.80, ("grades", 128): 0.75, ("probability", 224): 0.805}
+    assert elpv.chosen_setup(study(full)) == {"head": "probability", "size": 128}  # 224 gains less than the margin
+    assert elpv.chosen_setup(study({**full, ("probability", 224): 0.82})) == {"head": "probability", "size": 224}
+    assert elpv.chosen_setup(study({**full, ("grades", 128): 0.9}))["head"] == "grades"
+    assert elpv.chosen_setup(study({k: v for k, v in full.items() if k[1] == 128})) is None  # not all stored
