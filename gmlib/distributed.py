@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from . import data, models
 from .persist import load_pruned, save_pruned
-from .layers import is_batch_norm
+from .rules.norms import is_batch_norm
 from .train import class_sums, dice_term, padded_forward, weighted_bce
 
 __all__ = ["global_bce_dice_loss", "finetune", "load_any", "main"]

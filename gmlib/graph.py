@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx, nn
 
-from .layers import NONZERO_AT_ZERO_FUNCTIONS, NONZERO_AT_ZERO_METHODS, SHIFTS, zero_stays_zero
+from .layers import NONZERO_AT_ZERO_FUNCTIONS, NONZERO_AT_ZERO_METHODS, SHIFTS
 from .normalize import bind_module_call, canonical
 from .rules import Use, rule_for, selective_kernel_type, split_attn_type
 from .rules.context import Context, flat_nodes as _flat_nodes
@@ -180,10 +180,8 @@ def _nonzero(node, modules, nonzero, x, layout):
     """
     if node.op == "call_module":
         m = modules[node.target]
-        rule = rule_for(m)
-        if hasattr(rule, "nonzero"):  # maps each channel alone: passes on what its input has
-            return rule.nonzero(m, nonzero.get(x, ""))
-        return "" if zero_stays_zero(m) else type(m).__name__
+        rule = rule_for(m, "nonzero")  # a map of each channel alone passes on what its input has
+        return rule.nonzero(m, nonzero.get(x, "")) if rule is not None else ""
     if node.op not in ("call_function", "call_method"):
         return ""
     name, kw = canonical(node)

@@ -13,8 +13,7 @@ that stores the output for a later block (a U-Net's skip) is in the graph. Whate
 import torch
 from torch import fx
 
-from .layers import leaf_types
-from .rules import registered_types
+from .rules import leaf_types, registered_types
 from .transaction import evaluating, guard
 
 __all__ = ["trace", "Traced", "SHAPE_METHODS"]

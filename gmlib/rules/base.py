@@ -118,6 +118,12 @@ class ModuleRule:
         coupling set writes its outputs). Convs and Linear have one."""
         return None
 
+    def nonzero(self, module: nn.Module, incoming) -> str:
+        """What makes its output non-zero where channels were removed (an op's name), given what makes its input so
+        (`incoming`); '' when a removed channel's zeroed rows give zero. A map of each channel alone passes
+        `incoming` on."""
+        return ""
+
     @torch.no_grad()
     def mask(self, module: nn.Module, out) -> None:
         """Zero, in place, what keeping only rows `out` drops, so that the masked module computes what the cut one

@@ -1,16 +1,42 @@
 """Modules that act on each channel alone: y[c] = f_c(x[c]), so the output carries the input's spaces unchanged.
 
-Pass-through modules (gmlib.layers.is_pass: activations, pooling, resizing, dropout, padding) have no per-channel
+Pass-through modules (`is_pass`: activations, pooling, resizing, dropout, padding) have no per-channel
 state. `PerChannel` modules hold a parameter per channel (PReLU's slopes a[c], a layer scale's gamma[c]): they keep
 entries k of those parameters when channels k are kept. Flatten of an (N, C, 1, 1) tensor keeps the channels.
 """
 import torch
 from torch import nn
 
-from ..layers import is_pass, zero_stays_zero
+from ..layers import timm_types
 from .base import ModuleRule
 
-__all__ = ["Pass", "Flatten", "PerChannel"]
+__all__ = ["Pass", "Flatten", "PerChannel", "PASS_MODULES", "is_pass", "zero_stays_zero"]
+
+PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.GELU, nn.Tanh, nn.Hardswish, nn.Hardtanh, nn.Mish,
+                nn.ELU, nn.CELU, nn.SELU, nn.Sigmoid, nn.Hardsigmoid, nn.Softplus, nn.Identity, nn.Dropout,
+                nn.Dropout2d, nn.AlphaDropout, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
+                nn.AdaptiveMaxPool2d, nn.Upsample, nn.UpsamplingBilinear2d, nn.UpsamplingNearest2d, nn.ZeroPad2d,
+                nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d) \
+    + timm_types("activations", "Swish", "Mish", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid", "HardMish", "GELU",
+                 "GELUTanh", "QuickGELU") \
+    + timm_types("drop", "DropPath", "DropBlock2d")  # identity in eval; per-sample or per-position masks in training
+_NONZERO_AT_ZERO = (nn.Sigmoid, nn.Hardsigmoid, nn.Softplus) + timm_types("activations", "Sigmoid", "HardSigmoid")
+
+
+def is_pass(m: nn.Module) -> bool:
+    """An elementwise / per-channel module; PReLU only with one shared slope."""
+    return isinstance(m, PASS_MODULES) or (isinstance(m, nn.PReLU) and m.num_parameters == 1)
+
+
+def zero_stays_zero(m: nn.Module) -> bool:
+    """f(0) = 0 for a pass-through module: a removed (zeroed) channel stays zero, so its readers see nothing.
+    Sigmoid-like maps, ConstantPad with a non-zero value and a Hardtanh whose range excludes 0 give a removed
+    channel a value that a conv reading it would add up."""
+    if isinstance(m, _NONZERO_AT_ZERO):
+        return False
+    if isinstance(m, nn.ConstantPad2d) and m.value != 0:
+        return False
+    return not (isinstance(m, nn.Hardtanh) and not (m.min_val <= 0 <= m.max_val))
 
 
 class Pass(ModuleRule):

@@ -10,10 +10,40 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..layers import conv_kind
+from ..layers import timm_types
 from .base import ModuleRule, Producer, scores_of
 
-__all__ = ["Conv", "FrozenConv", "ConvTranspose", "Linear", "param_like"]
+__all__ = ["Conv", "FrozenConv", "ConvTranspose", "Linear", "param_like", "conv_kind"]
+
+_SAFE_CONVS = (nn.Conv2d,) + timm_types("conv2d_same", "Conv2dSame")          # same maths, padding computed per call
+# segmentation_models_pytorch's efficientnet convs: zero padding (static module or F.pad), then F.conv2d with their
+# own weight, bias, stride, dilation, groups: a plain conv. Looked up only where smp is already imported.
+_SMP_SAME_CONVS = ("segmentation_models_pytorch.encoders._efficientnet",
+                   ("Conv2dStaticSamePadding", "Conv2dDynamicSamePadding"))
+_STD_CONVS = timm_types("std_conv", "StdConv2d", "StdConv2dSame", "ScaledStdConv2d", "ScaledStdConv2dSame")
+
+
+def conv_kind(m: nn.Module) -> str:
+    """'conv' (plain maths), 'std' (weight-standardised: each filter normalised over its inputs), 'computed' (weight
+    made by a parametrization or weight_norm's hook: its norms mix rows or columns), 'custom' (own forward), ''."""
+    if isinstance(m, _STD_CONVS):
+        return "std"
+    if isinstance(m, nn.Conv2d) and (parametrize.is_parametrized(m) or "weight" not in m._parameters):
+        return "computed"
+    if type(m) in _SAFE_CONVS or _smp_same_conv(m):
+        return "conv"
+    if isinstance(m, nn.Conv2d):
+        plain = type(m).forward is nn.Conv2d.forward and type(m)._conv_forward is nn.Conv2d._conv_forward
+        return "conv" if plain else "custom"
+    return ""
+
+
+def _smp_same_conv(m) -> bool:
+    module, names = _SMP_SAME_CONVS
+    if type(m).__module__ != module or type(m).__name__ not in names:
+        return False
+    pad = getattr(m, "static_padding", None)
+    return pad is None or type(pad) in (nn.ZeroPad2d, nn.Identity)
 
 
 def param_like(t, like):
@@ -25,7 +55,7 @@ _param = param_like
 
 
 class Conv(ModuleRule):
-    """nn.Conv2d with plain maths (gmlib.layers.conv_kind == "conv").
+    """nn.Conv2d with plain maths (conv_kind == "conv").
 
     Its output space may be split into pieces (a gate conv over a concatenation): piece (offset, n) is rows
     offset..offset+n, scored by those rows' scores; its kept rows are then those of all its pieces laid side by

@@ -9,11 +9,47 @@ A cut keeps the rows of the per-channel tensors (GroupNorm: whole groups); maski
 import torch
 from torch import nn
 
-from ..layers import is_batch_norm, is_group_norm, mixes_channels, norm_act_problem
+from ..layers import found, timm_types
 from .base import ModuleRule
+from .channelwise import is_pass
 from .conv import param_like
 
-__all__ = ["Norm", "InstanceNorm", "MixingNorm"]
+__all__ = ["Norm", "InstanceNorm", "MixingNorm", "is_batch_norm", "is_group_norm", "norm_act_problem",
+           "mixes_channels", "FROZEN_BN", "CHANNEL_MIXING_NORMS"]
+
+_NORM_ACT = timm_types("norm_act", "BatchNormAct2d", "SyncBatchNormAct", "FrozenBatchNormAct2d", "GroupNormAct",
+                       "GroupNorm1Act")
+FROZEN_BN = timm_types("norm", "FrozenBatchNorm2d") + timm_types("norm_act", "FrozenBatchNormAct2d") \
+    + found("torchvision.ops", "FrozenBatchNorm2d")
+CHANNEL_MIXING_NORMS = (nn.LayerNorm,) + timm_types("norm", "RmsNorm", "RmsNorm2d", "SimpleNorm", "SimpleNorm2d") \
+    + timm_types("norm_act", "RmsNormAct", "RmsNormAct2d")
+
+
+def is_batch_norm(m: nn.Module) -> bool:
+    """Per-channel statistics and affine (BatchNorm, frozen and sync variants, timm's BatchNormAct)."""
+    return isinstance(m, (nn.modules.batchnorm._BatchNorm,) + FROZEN_BN)
+
+
+def is_group_norm(m: nn.Module) -> bool:
+    return isinstance(m, nn.GroupNorm)
+
+
+def norm_act_problem(m: nn.Module) -> str:
+    """'' when a norm-act layer's activation and dropout are elementwise, else why its channels are kept."""
+    if not isinstance(m, _NORM_ACT):
+        return ""
+    for part in ("act", "drop"):
+        sub = getattr(m, part, None)
+        if sub is not None and not is_pass(sub):
+            return f"norm-act layer with a {type(sub).__name__} {part}"
+    return ""
+
+
+def mixes_channels(m: nn.Module) -> str:
+    """Why a norm's statistics mix channels ('' if they do not): removing one channel changes the others."""
+    if isinstance(m, CHANNEL_MIXING_NORMS):
+        return f"{type(m).__name__} normalises over channels"
+    return ""
 
 
 @torch.no_grad()
@@ -59,6 +95,10 @@ class Norm(ModuleRule):
         if conv is not None:
             ctx.norm_after[conv] = name
         return lin
+
+    def nonzero(self, m, incoming):
+        """Without affine a zeroed channel becomes -mean / std (its own or its group's): not zero."""
+        return "" if getattr(m, "weight", None) is not None else type(m).__name__
 
     @torch.no_grad()
     def shrink(self, m, out=None, in_=None):

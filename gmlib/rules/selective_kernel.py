@@ -9,7 +9,8 @@ are their own space.
 import torch
 from torch import nn
 
-from ..layers import is_batch_norm, is_pass, norm_act_problem
+from .channelwise import is_pass
+from .norms import is_batch_norm, norm_act_problem
 from .base import Producer, TimmBlock, scores_of
 
 __all__ = ["SelectiveKernel", "selective_kernel_type"]
