@@ -25,26 +25,30 @@ __all__ = ["prune", "apply", "plan", "Plan", "CouplingSet", "PruneReport", "Laye
            "apply_kept", "mask_pruned", "mask_kept", "NotExactError"]
 
 
-@dataclass
+@dataclass(repr=False)
 class PruneReport:
-    """What `prune` did: per-layer channels, params and MACs before/after, warnings, and the kept indices.
+    """What `prune` did: the Plan it carried out, plus what was measured after it.
 
-    `kept[name] = {"out": [...], "in": [...]}` are the surviving channel indices of the *original* (unpruned)
-    module along its output and input dims, for every module that changed; `save_pruned` stores them.
+    The plan's rate, criterion, policy, input_size, per-layer widths (`layers`), params_before, warnings, coverage
+    and frozen shares read through; `macs_before` is None where MACs were not counted. `kept[name] = {"out": [...],
+    "in": [...]}` are the surviving channel indices of the *original* (unpruned) module along its output and input
+    dims, for every module that changed (after earlier prunes too); `save_pruned` stores them.
     """
-    rate: object       # as asked: a float, a {name or glob: rate} dict, or a callable's description
-    criterion: str
-    policy: str
-    input_size: tuple | None
-    layers: list
-    params_before: int | None
+    plan: Plan
     params_after: int | None
     macs_before: int | None
     macs_after: int | None
-    warnings: list = field(default_factory=list)
     kept: dict = field(default_factory=dict)
-    coverage: float | None = None   # share of conv output channels in prunable coupling sets
-    frozen: dict = field(default_factory=dict)  # why the rest is kept: reason -> share of conv output channels
+
+    rate = property(lambda self: self.plan.rate)
+    criterion = property(lambda self: self.plan.criterion)
+    policy = property(lambda self: self.plan.policy)
+    input_size = property(lambda self: self.plan.input_size)
+    layers = property(lambda self: self.plan.layers)
+    params_before = property(lambda self: self.plan.params_before)
+    warnings = property(lambda self: self.plan.warnings)
+    coverage = property(lambda self: self.plan.coverage)  # share of conv output channels in prunable coupling sets
+    frozen = property(lambda self: self.plan.frozen)  # why the rest is kept: reason -> share of conv output channels
 
     @property
     def params_reduction(self) -> float:
@@ -142,7 +146,7 @@ def apply(model: nn.Module, plan: Plan, *, verify: bool = True, example_inputs=N
                          "or verify=False")
     kept = {n: {d: torch.as_tensor(v, dtype=torch.long) for d, v in k.items()} for n, k in plan.kept.items()}
     size = plan.input_size
-    before = (plan.params_before, plan.macs_before if count_macs else None)
+    macs_before = plan.macs_before if count_macs else None
     snapshot = Snapshot(model, kept)
     try:
         with guard(model):  # the checks and counts run forwards: what they write on the model is put back
@@ -150,7 +154,7 @@ def apply(model: nn.Module, plan: Plan, *, verify: bool = True, example_inputs=N
         apply_kept(model, kept)
         with guard(model):
             failure = check.failure(model) if check else None
-            after = None if failure else tally(model, size, count_macs and before[1] is not None)
+            after = None if failure else tally(model, size, macs_before is not None)
         if failure:
             snapshot.restore()
             where = first_difference(model, inputs, kept, lambda name: _channels_of(plan, kept, name),
@@ -164,10 +168,8 @@ def apply(model: nn.Module, plan: Plan, *, verify: bool = True, example_inputs=N
     except BaseException:
         snapshot.restore()
         raise
-    report = PruneReport(plan.rate, plan.criterion, plan.policy, size, plan.layers, before[0], after[0], before[1],
-                         after[1], list(plan.warnings),
-                         {n: {d: list(v) for d, v in k.items()} for n, k in kept_of(model).items()},
-                         plan.coverage, dict(plan.frozen))
+    report = PruneReport(plan, after[0], macs_before, after[1],
+                         {n: {d: list(v) for d, v in k.items()} for n, k in kept_of(model).items()})
     asked = plan.rate if isinstance(plan.rate, float) else max((c.rate for c in plan.sets), default=0.0)
     if asked > 0 and report.params_reduction < 50 * asked:
         _warnings.warn(f"prune cut {report.params_reduction:.1f}% of the parameters at rate {plan.rate!r}: "
