@@ -147,6 +147,19 @@ class Plan:
         with open(path) as f:
             return cls.from_dict(json.load(f))
 
+    @property
+    def example_inputs(self) -> tuple | None:
+        """The inputs it was made on, as a tuple (None for a plan read back from JSON)."""
+        return self._inputs
+
+    def output_channels(self, name: str):
+        """Kept indices (LongTensor) along dim 1 of module `name`'s output: its own kept rows, else those of the
+        channel spaces it writes; None where nothing is cut there, or for a plan read back from JSON."""
+        if "out" in self.kept.get(name, {}):
+            return torch.as_tensor(self.kept[name]["out"], dtype=torch.long)
+        layout = self._graph.layouts.get(name) if self._graph is not None else None
+        return self._graph.spaces.layout_kept(layout, self._kept_space) if layout else None
+
     def check_fits(self, model: nn.Module) -> None:
         """Raise ValueError, naming the first difference, when `model` is not the network this plan was made for."""
         shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}

@@ -139,7 +139,7 @@ def apply(model: nn.Module, plan: Plan, *, verify: bool = True, example_inputs=N
     if not isinstance(verify, bool):
         raise TypeError(f"verify must be True or False, got {verify!r}")
     plan.check_fits(model)
-    inputs = plan._inputs if example_inputs is None else \
+    inputs = plan.example_inputs if example_inputs is None else \
         ((example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs))
     if verify and plan.kept and inputs is None:
         raise ValueError("this plan was read back without its example inputs: pass example_inputs= to verify, "
@@ -157,8 +157,7 @@ def apply(model: nn.Module, plan: Plan, *, verify: bool = True, example_inputs=N
             after = None if failure else tally(model, size, macs_before is not None)
         if failure:
             snapshot.restore()
-            where = first_difference(model, inputs, kept, lambda name: _channels_of(plan, kept, name),
-                                     failure[0], check.dtype)
+            where = first_difference(model, inputs, kept, plan.output_channels, failure[0], check.dtype)
             raise NotExactError(
                 f"pruning {type(model).__name__} at rate {plan.rate!r} would change what it computes: in {failure[0]} "
                 f"mode its output differs from the original with the removed channels zeroed by {failure[1]:.1e} "
@@ -176,12 +175,3 @@ def apply(model: nn.Module, plan: Plan, *, verify: bool = True, example_inputs=N
                        f"{report.frozen_reason or 'or-merge keeps a channel that any conv sharing it keeps'}",
                        stacklevel=stacklevel)
     return report
-
-
-def _channels_of(plan, kept, name):
-    """Kept indices along dim 1 of module `name`'s output (None where unchanged or not mapped)."""
-    if name in kept and "out" in kept[name]:
-        return kept[name]["out"]
-    graph = plan._graph
-    layout = graph.layouts.get(name) if graph is not None else None
-    return graph.spaces.layout_kept(layout, plan._kept_space) if layout else None
