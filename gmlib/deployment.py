@@ -14,8 +14,15 @@ import torch
 from . import export, latency
 from .store import Store, frame_rows, record_frame
 from .surgery import prune
+from .verdicts import MARGINS, against_bar, decide, summarise
 
-__all__ = ["latency_table", "op_breakdown", "int8_table", "recommendation"]
+__all__ = ["latency_table", "op_breakdown", "int8_table", "int8_seeds", "int8_verdicts", "rounds_for",
+           "recommendation"]
+
+
+def rounds_for(profile: str, rounds: int | None = None) -> int:
+    """Chapter 10's timed rounds: `rounds`, or 7 in the quick profile and 11 otherwise (the int8 table times 4x)."""
+    return int(rounds or (7 if profile == "quick" else 11))
 
 
 def latency_table(store: Store, arch: str, rates, policies, round_tos, runtimes, size, *, rounds: int,
@@ -69,7 +76,8 @@ def int8_table(study, rate: float, policy: str, round_to: int, *, calibration_ba
     ONNX, quantised to int8 (`export.quantize_int8`, calibrated on `calibration_batches` training batches), each
     scored on the test strips in ORT and timed (ORT float and int8, median of `rounds`, and the fastest and slowest
     round): network, precision, MB, Kaggle and positive-pair Dice, ms, ms_min, ms_max, and the speedup over the
-    unpruned float network."""
+    unpruned float network. `seed` is the fine-tuning seed and draws the calibration batches. `rounds=0` scores
+    without timing (no ms or speedup columns): the records that give the candidate's Dice more seeds."""
     base = study.baseline()
     ft = study.finetune_config
     config = {"baseline": base.key, "rate": float(rate), "policy": policy, "round_to": int(round_to),
@@ -94,6 +102,8 @@ def int8_table(study, rate: float, policy: str, round_to: int, *, calibration_ba
                     scores = study.evaluate(export.OrtModule(export.session(path, threads=threads)))
                     rows.append({"network": name, "precision": precision, "MB": path.stat().st_size / 2**20,
                                  "Kaggle Dice": scores["dice_kaggle"], "positive-pair Dice": scores["dice_positive"]})
+            if not rounds:
+                return {"rows": rows}
             models = {"unpruned": base.copy().cpu().eval(), "pruned": pruned}
             small = latency.measure(models, example, ["ort", "ort-int8"], rounds=rounds, threads=threads,
                                     names=("network",), progress=False)
@@ -103,6 +113,47 @@ def int8_table(study, rate: float, policy: str, round_to: int, *, calibration_ba
         quant["speedup"] = quant.ms.iloc[0] / quant.ms
         return {"rows": frame_rows(quant)}
     return record_frame(study.store.fetch("int8", config, compute))
+
+
+def int8_seeds(study, rate: float, policy: str, round_to: int, *, calibration_batches: int, seeds,
+               timed_seed: int, rounds: int, threads: int, score_threads: int = 1) -> pd.DataFrame:
+    """The candidate's Dice over fine-tuning seeds, one `int8_table` record per seed: the `timed_seed`'s record is
+    the timed one (`rounds`, `threads`), the others are scored without timing on `score_threads`. One row per seed:
+    seed, and for Kaggle and positive-pair Dice the candidate's loss (unpruned minus pruned, both float32 in ORT)
+    and int8's cost (the pruned network's float32 minus its int8 score)."""
+    rows = []
+    for seed in seeds:
+        timed = int(seed) == int(timed_seed)
+        quant = int8_table(study, rate, policy, round_to, calibration_batches=calibration_batches, seed=int(seed),
+                           rounds=rounds if timed else 0, threads=threads if timed else score_threads)
+        q = quant.set_index(["network", "precision"])
+        row = {"seed": int(seed), "timed": timed}
+        for metric, short in (("positive-pair Dice", ""), ("Kaggle Dice", " (Kaggle)")):
+            row[f"loss{short}"] = q.loc[("unpruned", "float32"), metric] - q.loc[("pruned", "float32"), metric]
+            row[f"int8 cost{short}"] = q.loc[("pruned", "float32"), metric] - q.loc[("pruned", "int8"), metric]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def int8_verdicts(seeds: pd.DataFrame, *, lossless: float, margin: float = MARGINS["dice_positive"]) -> pd.DataFrame:
+    """The candidate under the study's rule (`gmlib.verdicts`), positive-pair Dice over the seeds of `int8_seeds`:
+    its loss against chapter 07's bar `lossless` ("within the bar", "beyond the bar" or "undecided") and int8's cost
+    against zero with the equivalence `margin` ("equivalent", "ahead": int8 costs more than the margin, "behind":
+    it gains more, "not separated"). Each is a family of one. Rows: comparison, mean, ci, n, p, p_holm, call."""
+    loss = against_bar(pd.DataFrame([summarise(seeds["loss"], center=lossless)]), lossless)
+    cost = decide(pd.DataFrame([summarise(seeds["int8 cost"])]), margin)
+    return pd.concat([loss, cost], ignore_index=True).assign(comparison=["the candidate's loss", "int8's cost"])[
+        ["comparison", "mean", "ci", "n", "p", "p_holm", "call"]]
+
+
+def _interval(row) -> str:
+    """'+0.021 ± 0.004', or '+0.021' for a single seed."""
+    return f"{row['mean'] + 0:+.3f}" + (f" ± {row['ci']:.3f}" if row["n"] > 1 else "")
+
+
+def _over(row) -> str:
+    return (f"95 % interval over {int(row['n'])} fine-tuning seeds" if row["n"] > 1 else
+            "one fine-tuning seed, so no interval")
 
 
 def _setting(row) -> str:
@@ -115,12 +166,13 @@ def _timed(row) -> str:
     return f"{row.ms:.{digits}f} ms (rounds {row.ms_min:.{digits}f}-{row.ms_max:.{digits}f})"
 
 
-def recommendation(table: pd.DataFrame, quant: pd.DataFrame, candidate: dict, *, lossless: float, timed: str,
-                   trained: str) -> str:
+def recommendation(table: pd.DataFrame, quant: pd.DataFrame, candidate: dict, *, called: pd.DataFrame,
+                   lossless: float, timed: str, trained: str) -> str:
     """Chapter 10's advice rendered from its numbers: at the candidate's rate, the fastest setting of `table` (a
     `latency_table` of the network `timed`) and whether its lead over the runner-up exceeds the spread over rounds,
-    the best of each policy in ORT, where the candidate stands, and from `quant` (an `int8_table` of the network
-    `trained`) what the candidate costs in Dice against `lossless` (chapter 07's bar) and what int8 adds."""
+    the best of each policy in ORT, where the candidate stands, and on the network `trained`: `called`
+    (`int8_verdicts`) for what the candidate costs in Dice against `lossless` (chapter 07's bar) and what int8
+    costs, `quant` (the timed `int8_table`) for what int8 buys in time."""
     at = table[(table.rate == candidate["rate"]) & (table.policy != "—")].sort_values("ms")
     if at.empty:
         raise ValueError(f"the latency table has no row at the candidate's rate {candidate['rate']!r}")
@@ -139,11 +191,15 @@ def recommendation(table: pd.DataFrame, quant: pd.DataFrame, candidate: dict, *,
         raise ValueError(f"the latency table has no ORT row for the candidate {candidate!r}")
     pick = pick.iloc[0]
     q = quant.set_index(["network", "precision"])
-    loss = {m: q.loc[("unpruned", "float32"), m] - q.loc[("pruned", "float32"), m]
-            for m in ("Kaggle Dice", "positive-pair Dice")}
     int8 = q.loc[("pruned", "int8")]
     fp32 = q.loc[("pruned", "float32")]
-    verdict = "within" if loss["positive-pair Dice"] <= lossless else "beyond"
+    c = called.set_index("comparison")
+    loss, cost = c.loc["the candidate's loss"], c.loc["int8's cost"]
+    margin = MARGINS["dice_positive"]
+    cost_words = {"equivalent": f"equivalent to no cost (its interval lies inside ± {margin})",
+                  "ahead": f"a cost beyond the margin of {margin} (the test separates it)",
+                  "behind": f"a gain beyond the margin of {margin} (the test separates it)",
+                  "not separated": f"not separated (the rule's margin: ± {margin})"}[cost["call"]]
     policies = "; ".join(f"{p}: round_to={r.round_to}, {_timed(r)}, {r.realised:.2f}× the unpruned network"
                          for p, r in by_policy.items())
     where = ("is that fastest setting" if pick.name == best.name else
@@ -154,8 +210,8 @@ def recommendation(table: pd.DataFrame, quant: pd.DataFrame, candidate: dict, *,
         f"The best of each policy in ORT: {policies}. "
         f"The candidate taken to int8 below ({candidate['policy']}, round_to={candidate['round_to']}) {where}.\n\n"
         f"**Its Dice is measured on another network: {trained}, trained in chapter 05.** Pruned to the candidate "
-        f"and fine-tuned with chapter 07's budget, it loses {loss['Kaggle Dice']:.3f} Kaggle and "
-        f"{loss['positive-pair Dice']:.3f} positive-pair Dice, {verdict} chapter 07's bar of {lossless:g} for "
-        f"\"nearly lossless\". int8 then changes its positive-pair Dice by "
-        f"{round(int8['positive-pair Dice'] - fp32['positive-pair Dice'], 3) + 0:+.3f} and its ORT time from "
+        f"and fine-tuned with chapter 07's budget, it loses {_interval(loss)} positive-pair Dice ({_over(loss)}); "
+        f"against chapter 07's bar of {lossless:g} for \"nearly lossless\" the study's rule "
+        f"calls it {loss['call']}. int8's cost in positive-pair Dice (float minus int8, the same seeds) is "
+        f"{_interval(cost)}: {cost_words}. On one seed's networks, int8 takes the candidate's ORT time from "
         f"{_timed(fp32)} to {_timed(int8)}, {fp32.ms / int8.ms:.2f}× faster.")

@@ -17,7 +17,7 @@ from .verdicts import MARGINS, CALLS, decide, against_bar, summarise, tally_text
 __all__ = ["interval", "figure5_table", "margin_of", "paired_by", "pooled", "paired", "at_equal_macs", "losses",
            "inherited", "answers", "loss_markdown", "criteria_markdown", "budget_markdown", "budget_name",
            "allocation_calls", "allocation_markdown", "baseline_seeds", "baseline_seed_markdown", "calls_in_words",
-           "conclusions",
+           "conclusions", "int8_answer",
            "STAGES", "MACS_TARGETS"]
 
 STAGES = ("before", "recal", "after")
@@ -385,20 +385,42 @@ def baseline_seed_markdown(found: dict, reference_seed: int = 0, score: str = "d
     return "\n\n".join(lines)
 
 
+def int8_answer(int8: pd.DataFrame, candidate: dict | None, lossless: float,
+                score_name: str = "positive-pair Dice") -> tuple:
+    """(verdict, chapter, text) of chapter 10's int8 candidate from `deployment.int8_verdicts`: its loss against
+    the bar `lossless` and int8's cost against zero with the margin, each with its interval (none for one seed)."""
+    c = int8.set_index("comparison")
+    loss, cost = c.loc["the candidate's loss"], c.loc["int8's cost"]
+    words = {"equivalent": "int8's cost equivalent to zero", "ahead": "int8 costs more than the margin",
+             "behind": "int8 gains more than the margin", "not separated": "int8's cost not separated"}
+    cost_call = words[cost["call"]]
+    shown = lambda r: (f"{r['mean'] + 0:+.3f} ± {r['ci']:.3f}" if r["n"] > 1 else
+                       f"{r['mean'] + 0:+.3f} (one seed, no interval)")
+    where = (f" at {candidate['rate']:.0%} ({candidate['policy']}, round_to={candidate['round_to']})"
+             if candidate else "")
+    return (f"{loss['call']}; {cost_call}", "10",
+            f"Chapter 05's baseline pruned{where}, fine-tuned with chapter 07's budget and scored in ONNX Runtime "
+            f"over {int(loss['n'])} fine-tuning seeds loses {shown(loss)} {score_name} against the bar of "
+            f"{lossless} ({loss['call']}); int8 then costs {shown(cost)} ({cost['call']} at a margin of "
+            f"± {MARGINS['dice_positive']}). Its speed is timed on one seed's networks (chapter 10).")
+
+
 def _cells(frame: pd.DataFrame, call: str, column: str = "call") -> str:
     return ", ".join(f"{r:.0%}" for r in sorted(frame[frame[column] == call].rate))
 
 
 def conclusions(found: dict, baseline: dict, *, compression: pd.DataFrame, history: pd.DataFrame,
                 allocation: pd.DataFrame | None = None, steps_per_epoch: float, quoted=(48.81, 48.43),
-                baseline_epochs: float | None = None, score_name: str = "positive-pair Dice") -> pd.DataFrame:
+                baseline_epochs: float | None = None, score_name: str = "positive-pair Dice",
+                int8: pd.DataFrame | None = None, candidate: dict | None = None) -> pd.DataFrame:
     """Chapter 11's answers, one row per question of the paper and of the study: question, verdict (a few words,
     the rule's), chapter, and paragraph (the question in bold, then the verdict, then its numbers in words).
 
     found: `answers` on chapter 07's grid; compression: chapter 03's table (model, policy, rate, "FLOPs reduction %",
     "params reduction %"); history: chapter 08's iterative run (attrs["chosen_step"]); allocation: chapter 12's
     points; quoted: the paper's one quoted cell, ResNet50 at 40 % (FLOPs, params removed, %); baseline_epochs: how
-    long the baseline trained (the from-scratch control's budget is set against it)."""
+    long the baseline trained (the from-scratch control's budget is set against it); int8: chapter 10's candidate
+    under the rule (`deployment.int8_verdicts`), candidate: its rate, policy and round_to."""
     rows = []
 
     def add(question, verdict, chapter, text):
@@ -517,8 +539,11 @@ def conclusions(found: dict, baseline: dict, *, compression: pd.DataFrame, histo
     add("Does the iterative flow of Figure 3 run as described?", "runs as described; one run, no interval", "08",
         f"It stopped after step {len(history) - 1} and chose step {k}: {chosen.rate:.0%} nominal, "
         f"{chosen.macs_reduction:.1f} % of MACs removed, Kaggle Dice {chosen.dice_kaggle_after:.3f}. Its end "
-        "condition and chosen step read the test strips, and its comparison with one cut (chapter 08) has one seed, "
-        "so no verdict under the rule is drawn from it.")
+        "condition and chosen step read the test strips, and its comparison with one cut at equal MACs (chapter 08) "
+        "has one seed and no interval, so under the rule it is not separated.")
+    if int8 is not None and len(int8):
+        add("Is chapter 10's int8 candidate nearly lossless?", *int8_answer(int8, candidate, found["lossless"],
+                                                                          score_name))
     if allocation is not None and len(allocation):
         by_method, by_criterion = allocation_calls(allocation)
         sens = by_method[by_method.other == "sensitivity"]

@@ -60,22 +60,67 @@ def _int8(pruned_positive):
                               ms_min=ms - 1, ms_max=ms + 1) for n, p, k, d, ms in rows])
 
 
+def _seeds(losses, costs):
+    import pandas as pd
+    return pd.DataFrame({"seed": range(len(losses)), "loss": losses, "int8 cost": costs})
+
+
+def test_int8_verdicts_call_the_loss_against_the_bar_and_int8_by_the_margin():
+    near = deployment.int8_verdicts(_seeds([0.020, 0.021, 0.022], [0.001, 0.003, 0.002]), lossless=0.03)
+    assert list(near.comparison) == ["the candidate's loss", "int8's cost"]
+    assert list(near.call) == ["within the bar", "equivalent"] and (near.n == 3).all()
+    assert near["mean"].iloc[0] == pytest.approx(0.021) and 0 < near.ci.iloc[0] < 0.01
+    far = deployment.int8_verdicts(_seeds([0.050, 0.052, 0.054], [0.030, 0.032, 0.034]), lossless=0.03)
+    assert list(far.call) == ["beyond the bar", "ahead"]
+    wide = deployment.int8_verdicts(_seeds([0.0, 0.03, 0.06], [-0.02, 0.0, 0.02]), lossless=0.03)
+    assert list(wide.call) == ["undecided", "not separated"]
+    one = deployment.int8_verdicts(_seeds([0.001], [0.0]), lossless=0.03)  # one seed is never called
+    assert list(one.call) == ["undecided", "not separated"]
+
+
+def test_int8_seeds_reads_one_timed_record_and_untimed_ones(tmp_path):
+    pytest.importorskip("onnxruntime")
+    study = Study("smoke", tmp_path / "data", tmp_path / "results", store_dir=tmp_path / "store", device="cpu",
+                  progress=False)
+    seeds = deployment.int8_seeds(study, 0.4, "coupled", 8, calibration_batches=2, seeds=[0, 1], timed_seed=0,
+                                  rounds=1, threads=1)
+    assert list(seeds.seed) == [0, 1] and list(seeds.timed) == [True, False]
+    records = sorted(study.store.records("int8"), key=lambda r: r.config["seed"])
+    assert [r.config["rounds"] for r in records] == [1, 0]
+    assert "ms" in records[0].result["rows"][0] and "ms" not in records[1].result["rows"][0]
+    quant = deployment.int8_table(study, 0.4, "coupled", 8, calibration_batches=2, seed=1, rounds=0, threads=1)
+    q = quant.set_index(["network", "precision"])["positive-pair Dice"]
+    assert seeds["loss"].iloc[1] == pytest.approx(q[("unpruned", "float32")] - q[("pruned", "float32")])
+    assert seeds["int8 cost"].iloc[1] == pytest.approx(q[("pruned", "float32")] - q[("pruned", "int8")])
+
+
 def test_the_recommendation_says_what_the_numbers_show():
     candidate = {"rate": 0.4, "policy": "coupled", "round_to": 16}
     close = _timings([("coupled", 16, "ort", 100, 95, 110), ("coupled", 1, "ort", 104, 99, 112),
                       ("or-merge", 16, "ort", 150, 140, 160), ("coupled", 16, "eager", 180, 170, 190)])
-    text = deployment.recommendation(close, _int8(0.78), candidate, lossless=0.03, timed="net A", trained="net B")
+    within = deployment.int8_verdicts(_seeds([0.020, 0.021, 0.022], [0.001, 0.003, 0.002]), lossless=0.03)
+    text = deployment.recommendation(close, _int8(0.78), candidate, called=within, lossless=0.03, timed="net A",
+                                     trained="net B")
     assert "fastest setting is coupled, round_to=16, in ort: 100 ms (rounds 95-110)" in text
     assert "not told apart" in text and "is that fastest setting" in text
-    assert "loses 0.010 Kaggle and 0.020 positive-pair Dice, within chapter 07's bar of 0.03" in text
+    assert "loses +0.021 ± 0.002 positive-pair Dice (95 % interval over 3 fine-tuning seeds)" in text
+    assert "the study's rule calls it within the bar" in text
+    assert "is +0.002 ± 0.002: equivalent to no cost (its interval lies inside ± 0.01)" in text
     assert "1.25× faster" in text and "net A" in text and "net B" in text
 
     clear = _timings([("coupled", 1, "ort", 90, 88, 92), ("coupled", 16, "ort", 100, 95, 110)])
-    text = deployment.recommendation(clear, _int8(0.70), candidate, lossless=0.03, timed="A", trained="B")
+    beyond = deployment.int8_verdicts(_seeds([0.050, 0.052, 0.054], [0.030, 0.032, 0.034]), lossless=0.03)
+    text = deployment.recommendation(clear, _int8(0.70), candidate, called=beyond, lossless=0.03, timed="A",
+                                     trained="B")
     assert "coupled, round_to=1, in ort: 90.0 ms (rounds 88.0-92.0)" in text and "slowest round beats" in text
-    assert "1.11× the fastest setting's time" in text and "beyond chapter 07's bar" in text
-    alone = deployment.recommendation(clear.iloc[1:], _int8(0.78), candidate, lossless=0.03, timed="A", trained="B")
+    assert "1.11× the fastest setting's time" in text and "calls it beyond the bar" in text
+    assert "a cost beyond the margin of 0.01 (the test separates it)" in text
+    one = deployment.int8_verdicts(_seeds([0.022], [0.003]), lossless=0.03)
+    alone = deployment.recommendation(clear.iloc[1:], _int8(0.78), candidate, called=one, lossless=0.03,
+                                      timed="A", trained="B")
     assert "the only setting timed" in alone and "is that fastest setting" in alone
+    assert "+0.022 positive-pair Dice (one fine-tuning seed, so no interval)" in alone and "calls it undecided" in alone
+    assert "not separated (the rule's margin: ± 0.01)" in alone
     with pytest.raises(ValueError, match="rate 0.6"):
-        deployment.recommendation(clear, _int8(0.7), {**candidate, "rate": 0.6}, lossless=0.03, timed="A",
-                                  trained="B")
+        deployment.recommendation(clear, _int8(0.7), {**candidate, "rate": 0.6}, called=one, lossless=0.03,
+                                  timed="A", trained="B")

@@ -147,3 +147,17 @@ def test_baseline_seed_answers_say_how_far_the_baseline_moves_points_and_whether
     assert "The calls agree in 1 of 2" in text
     alone = findings.answers(frames_of(one), {"dice_positive": 0.6}, lossless=0.05, main_steps=10)
     assert findings.baseline_seed_markdown(alone) == ""
+
+
+def test_the_int8_answer_states_both_intervals_and_calls_one_seed_nothing():
+    import pandas as pd
+    from gmlib import deployment
+    seeds = pd.DataFrame({"loss": [0.020, 0.021, 0.023], "int8 cost": [0.001, 0.003, 0.002]})
+    verdict, chapter, text = findings.int8_answer(deployment.int8_verdicts(seeds, lossless=0.03),
+                                                  {"rate": 0.4, "policy": "coupled", "round_to": 16}, 0.03)
+    assert verdict == "within the bar; int8's cost equivalent to zero" and chapter == "10"
+    assert "at 40% (coupled, round_to=16)" in text and "over 3 fine-tuning seeds loses +0.021 ± 0.004" in text
+    assert "int8 then costs +0.002 ± 0.002 (equivalent at a margin of ± 0.01)" in text
+    one = deployment.int8_verdicts(seeds.iloc[:1], lossless=0.03)
+    verdict, _, text = findings.int8_answer(one, None, 0.03)
+    assert verdict == "undecided; int8's cost not separated" and "+0.020 (one seed, no interval)" in text

@@ -109,3 +109,27 @@ def test_every_verdict_in_the_readme_is_the_chapters_rendering_of_it():
     chapters = rendered([p for p in CHAPTERS if p.stem[:2] in ("07", "11", "12")])
     missing = [b[:120] for b in bullets if b not in chapters]
     assert not missing, "README verdicts that no chapter renders word for word:\n" + "\n".join(missing)
+
+
+SENTENCE = re.compile(r"(?<=[.;])\s+")
+INTERVAL = re.compile(r"\d ± \d")  # a measured mean ± half-width, not a margin ("inside ± 0.01")
+
+
+def interval_sentences(text: str) -> list:
+    """Every sentence (or clause after a ';') of `text` that states an interval, whitespace collapsed."""
+    return [x for x in SENTENCE.split(" ".join(text.split())) if INTERVAL.search(x)]
+
+
+def test_the_sentence_reader_keeps_only_intervals():
+    text = "A loses\n+0.02 ± 0.01 Dice; B is fast. Inside ± 0.01 is a margin. C is +0.1 ± 0.2."
+    assert interval_sentences(text) == ["A loses +0.02 ± 0.01 Dice;", "C is +0.1 ± 0.2."]
+
+
+def test_every_interval_in_the_readme_is_a_chapters_rendering_of_it():
+    """Beyond the Findings bullets (chapter 10's int8 candidate in the deployment section, say): an interval the
+    README states must be word for word what a chapter rendered from the store."""
+    chapters = rendered([p for p in CHAPTERS if p.stem[:2] in ("07", "10", "11", "12")])
+    sentences = interval_sentences((ROOT / "README.md").read_text())
+    assert any("int8" in x for x in sentences), "the README states the int8 candidate's intervals"
+    missing = [x[:120] for x in sentences if x not in chapters]
+    assert not missing, "README intervals that no chapter renders word for word:\n" + "\n".join(missing)
