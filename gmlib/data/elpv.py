@@ -16,7 +16,8 @@ from PIL import Image, UnidentifiedImageError
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
-__all__ = ["ELPV_PACKAGE", "ELPV_PIP", "PROBABILITIES", "CELL_TYPES", "Elpv", "read_elpv_labels", "load_elpv", "elpv_split",
+__all__ = ["ELPV_PACKAGE", "ELPV_PIP", "PROBABILITIES", "CELL_TYPES", "Elpv", "read_elpv_labels", "load_elpv",
+           "elpv_split",
            "ElpvDataset", "ELPV_MEAN", "ELPV_STD"]
 
 ELPV_PACKAGE = "elpv_dataset"
