@@ -1,12 +1,13 @@
 """gmlib: geometric-median filter pruning (FPGM) that works on real segmentation networks.
 
 Dependency direction: median -> criteria -> layers -> rules (one object per kind of module; `register_rule` adds
-yours) -> graph -> planning (`plan`: what prune would do) -> surgery (`apply`, `prune`) -> persist -> schedule (the
-prune -> fine-tune -> evaluate loop; recalibrate re-estimates norm statistics after pruning); store (the committed
-results store); verify (a by-value check of any pruning) and zoo (the CNN families of chapter 09) on surgery; export
-(ONNX, int8) and latency (side-by-side timing) for deployment; data, models, metrics, train beside them; study (the
-chapters' shared set-up), sweeps (chapter 07's grids), compression (chapter 03's stored tables) and deployment
-(chapter 10's) on top; palette, diagram and tables (the book's colours, drawings and column names) beside them.
+yours) -> graph -> planning (`plan`: what prune would do) -> surgery (`apply`, `prune`; check judges the cut
+network) -> persist -> schedule (the prune -> fine-tune -> evaluate loop; recalibrate re-estimates norm statistics
+after pruning); store (the committed results store); verify (a by-value check of any pruning, judged by check) and
+zoo (the CNN families of chapter 09) on surgery; export (ONNX, int8) and latency (side-by-side timing) for
+deployment; data, models, metrics, train beside them; study (the chapters' shared set-up), sweeps (chapter 07's
+grids), compression (chapter 03's stored tables) and deployment (chapter 10's) on top; palette, diagram and tables
+(the book's colours, drawings and column names) beside them.
 The real-data arm: pretrained (weight files checked by sha256), data.elpv (the ELPV solar cells), classify (a
 classifier's training and scores) beside train; elpv (its stored experiments) and elpv_tables (chapter 13's tables)
 on top.

@@ -20,9 +20,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .planning import Plan, estimate_macs, plan
-from .selfcheck import copy_as
 from .surgery import apply
-from .transaction import guarded
+from .transaction import copy_as, guarded
 
 __all__ = ["allocate", "sensitivity", "Allocation", "TARGETS", "METHODS"]
 

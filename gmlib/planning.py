@@ -24,8 +24,7 @@ from .criteria import CRITERIA, is_criterion, select_filters
 from .graph import analyse
 from .rules import rule_for
 from .shrink import apply_kept
-from .selfcheck import copy_as
-from .transaction import guarded
+from .transaction import copy_as, guarded
 
 __all__ = ["plan", "Plan", "CouplingSet", "LayerChange", "POLICIES", "estimate_macs"]
 

@@ -15,9 +15,9 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .check import Check, NotExactError, first_difference
 from .complexity import tally
 from .planning import POLICIES, CouplingSet, LayerChange, Plan, layers_frame, plan
-from .selfcheck import Check, NotExactError, first_difference
 from .shrink import apply_kept, kept_of, mask_kept, mask_pruned, remember, shrink_module
 from .transaction import Snapshot, guard
 

@@ -8,8 +8,9 @@ hooks hold (a hook object's `stored`, a closure's dict): tracing, counting and c
 there, fx Proxies included. With `names` it also keeps those modules' parameters and buffers: surgery replaces
 tensors rather than writing into them, so the old dicts put back are the very Parameter objects (an optimizer
 built on them stays valid). `guard(model)` restores on leaving the block (`guarded`: a function's whole call);
-`evaluating(model)` puts back only the train flags.
+`evaluating(model)` puts back only the train flags; `copy_as(model, dtype)` copies a model with what it holds.
 """
+import copy
 import functools
 import types
 from contextlib import contextmanager
@@ -17,7 +18,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-__all__ = ["Snapshot", "guard", "guarded", "evaluating", "held"]
+__all__ = ["Snapshot", "guard", "guarded", "evaluating", "held", "copy_as"]
 
 _TENSOR_DICTS = ("_parameters", "_buffers", "_modules")  # surgery's and the module tree's, restored apart
 _DEPTH = 3  # how far from a module's attribute or hook the state of what it holds is kept
@@ -83,6 +84,28 @@ def evaluating(model: nn.Module):
     finally:
         for m, training in flags:
             m.training = training
+
+
+def copy_as(model: nn.Module, dtype=None) -> nn.Module:
+    """A deep copy with every floating parameter and buffer cast to `dtype` while copied (None: kept as it is).
+
+    Computed tensors held as attributes (torch.nn.utils.weight_norm's `weight`) or by hooks (a stored output) are
+    copied detached: the hook that made them recomputes them on the next forward.
+    """
+    def cast(t):  # always a new tensor: `to` returns its input when the dtype already matches
+        return t.detach().to(dtype, copy=True) if dtype is not None and t.is_floating_point() else t.detach().clone()
+
+    memo = {}
+    for p in model.parameters():
+        if id(p) not in memo:
+            memo[id(p)] = nn.Parameter(cast(p), requires_grad=p.requires_grad)
+    for b in model.buffers():
+        if id(b) not in memo:
+            memo[id(b)] = cast(b)
+    for kind, t in held(model):  # weight_norm's weight, a hook's stored output of a forward with gradients
+        if kind == "tensor" and not t.is_leaf and id(t) not in memo:
+            memo[id(t)] = t.detach().clone()
+    return copy.deepcopy(model, memo)
 
 
 def held(model: nn.Module):

@@ -2,14 +2,15 @@
 
 `fingerprint` makes every parameter entry unique; after pruning, each pruned tensor is located inside its original
 by value, which gives the kept output channels (dim 0) of every module without trusting the pruner's report.
-`masked_reference` zeroes the dropped rows in a copy of the original: an exact pruning computes the same function.
+`masked_reference` hands them to `gmlib.check`, which zeroes the dropped rows in a copy of the original and judges
+(`check_exact`) as it does for `prune`'s own check: an exact pruning computes the same function.
 """
-import copy
-
 import torch
 from torch import nn
 
-__all__ = ["fingerprint", "survivors", "masked_reference", "check_exact", "flat_outputs", "relative_error"]
+from .check import masked, outputs, relative_error
+
+__all__ = ["fingerprint", "survivors", "masked_reference", "check_exact"]
 
 
 @torch.no_grad()
@@ -114,21 +115,12 @@ def survivors(original: nn.Module, pruned: nn.Module) -> dict:
     return out
 
 
-@torch.no_grad()
 def masked_reference(original: nn.Module, pruned: nn.Module) -> nn.Module:
     """A copy of `original` with the rows `pruned` dropped set to zero (weights, biases, norm affines)."""
-    kept = survivors(original, pruned)
-    ref = copy.deepcopy(original)
-    tensors = dict(ref.named_parameters())
-    tensors.update((n, b) for n, b in ref.named_buffers() if n.endswith((".weight", ".bias")))
-    for name, rows in kept.items():
-        if name not in tensors:  # running statistics: harmless once the affine is zero
-            continue
-        t = tensors[name]
-        drop = torch.ones(t.shape[0], dtype=torch.bool, device=t.device)
-        drop[rows.to(t.device)] = False
-        t[drop] = 0
-    return ref
+    tensors = {n for n, _ in original.named_parameters()}
+    tensors.update(n for n, _ in original.named_buffers() if n.endswith((".weight", ".bias")))
+    # running statistics are left: harmless once the affine is zero
+    return masked(original, {n: {"out": rows} for n, rows in survivors(original, pruned).items() if n in tensors})
 
 
 @torch.no_grad()
@@ -139,32 +131,12 @@ def check_exact(original: nn.Module, pruned: nn.Module, example_inputs) -> float
     """
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
-    ref = masked_reference(original, pruned).eval()
+    ref = masked_reference(original, pruned)
     was = pruned.training
-    pruned.eval()
     try:
-        a, b = pruned(*example_inputs), ref(*example_inputs)
+        a, b = outputs(pruned, example_inputs, "eval"), outputs(ref, example_inputs, "eval")
     finally:
         pruned.train(was)
-    a, b = flat_outputs(a), flat_outputs(b)
     if [t.shape for t in a] != [t.shape for t in b]:
         raise ValueError(f"output shapes differ: {[tuple(t.shape) for t in a]} vs {[tuple(t.shape) for t in b]}")
     return relative_error(b, a)
-
-
-def relative_error(reference: list, out: list) -> float:
-    """Largest |out - reference| relative to the reference's largest |value| over lists of tensors (gmlib's
-    self-check and `check_exact` alike); inf when the shapes differ."""
-    if [t.shape for t in reference] != [t.shape for t in out]:
-        return float("inf")
-    scale = max((float(t.abs().max()) for t in reference if t.numel()), default=0.0) or 1.0
-    return max((float((a - b).abs().max()) for a, b in zip(out, reference) if a.numel()), default=0.0) / scale
-
-
-def flat_outputs(out) -> list:
-    """The tensors of a model's output (a tensor, or nested tuples, lists and dicts of them), in order."""
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict):
-        out = list(out.values())
-    return [t for o in out for t in flat_outputs(o)]

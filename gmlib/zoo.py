@@ -18,10 +18,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .check import flat_outputs
 from .store import Store, frame_rows, record_frame
 from .surgery import NotExactError, prune
 from .utils import package_version
-from .verify import check_exact, fingerprint, flat_outputs
+from .verify import check_exact, fingerprint
 
 __all__ = ["FAMILIES", "SEGMENTATION", "SMP_ENCODER", "create", "ZooResult", "try_family", "try_torch_pruning",
            "torch_pruning_step", "zoo_table", "stored_zoo_table", "unused_params", "run_cut", "EXACT_TOL"]

@@ -1,10 +1,13 @@
-"""`prune`'s own proof: the shrunk network computes what the original computes with the removed channels zeroed.
+"""The one judge of a pruning: the original with the dropped rows zeroed (`masked`) against the cut network, as
+max|pruned - masked| / max|masked| (`relative_error`); `prune`'s self-check and `gmlib.verify` alike.
 
 Step 7 of 9, one filter from its score to its removal (README, Layout): the cut network proven against the original
 with the filter zeroed.
 
-One float64 twin of the model is masked (dropped rows zeroed) and run in eval and train mode, then shrunk by the same
-indices and run again: max|pruned - masked| / max|masked| must stay at float rounding, or pruning is refused.
+`masked(model, kept)` takes kept indices by module or tensor name: `prune` passes those it cuts by, `gmlib.verify`
+the survivors it found by value. `Check` is the self-check: built before the surgery on a float64 masked twin, run in
+eval and train mode, then the twin is cut by the same indices and run again; beyond `TOLERANCE` pruning is refused
+and `first_difference` names the first module where the outputs part.
 """
 import copy
 
@@ -12,10 +15,10 @@ import torch
 from torch import nn
 
 from .shrink import apply_kept, mask_kept
-from .transaction import held
-from .verify import flat_outputs, relative_error
+from .transaction import copy_as
 
-__all__ = ["NotExactError", "Check", "first_difference", "copy_as", "TOLERANCE"]
+__all__ = ["NotExactError", "Check", "masked", "outputs", "relative_error", "flat_outputs", "first_difference",
+           "TOLERANCE", "TRAIN_SLACK"]
 
 TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4}  # relative; exact surgery lands at ~1e-15 in float64
 # Train mode normalises by batch statistics: on a near-constant input (a zero example batch) a deep BatchNorm divides
@@ -25,6 +28,13 @@ TRAIN_SLACK = 1e3
 
 class NotExactError(RuntimeError):
     """The pruned network would not compute what the masked original computes (the model was left unchanged)."""
+
+
+def masked(model: nn.Module, kept: dict, dtype=None) -> nn.Module:
+    """A copy of `model` (cast to `dtype`; None: as it is) with every row that `kept` drops zeroed: the reference.
+
+    `kept[name] = {"out": rows}` names modules (masked by their rule) or tensors (rows along their channel dim)."""
+    return mask_kept(copy_as(model, dtype), kept)
 
 
 def _random_regularisers():
@@ -52,17 +62,41 @@ def _set_mode(model, mode):
 
 
 @torch.no_grad()
-def _run(model, inputs, mode, seed=0):
+def outputs(model: nn.Module, inputs: tuple, mode: str, seed: int = 0) -> list:
+    """The output tensors of `model(*inputs)` in "eval" or "train" mode (dropout-like modules off), seeded."""
     _set_mode(model, mode)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return [t.detach().clone() for t in flat_outputs(model(*inputs))]
 
 
+def relative_error(reference: list, out: list) -> float:
+    """Largest |out - reference| relative to the reference's largest |value| over lists of tensors; inf when the
+    shapes differ."""
+    if [t.shape for t in reference] != [t.shape for t in out]:
+        return float("inf")
+    scale = max((float(t.abs().max()) for t in reference if t.numel()), default=0.0) or 1.0
+    return max((float((a - b).abs().max()) for a, b in zip(out, reference) if a.numel()), default=0.0) / scale
+
+
+def flat_outputs(out) -> list:
+    """The tensors of a model's output (a tensor, or nested tuples, lists and dicts of them), in order."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
+    return [t for o in out for t in flat_outputs(o)]
+
+
+def _tolerance(dtype, mode):
+    return TOLERANCE.get(dtype, 1e-2) * (TRAIN_SLACK if mode == "train" else 1)
+
+
 def _select_outputs(ref, output_kept):
     if len(ref) != len(output_kept):
         return [torch.full((0,), float("nan"))]  # outputs that cannot be matched: never exact
-    return [t if k is None else t.index_select(1, torch.as_tensor(k, device=t.device)) for t, k in zip(ref, output_kept)]
+    return [t if k is None else t.index_select(1, torch.as_tensor(k, device=t.device))
+            for t, k in zip(ref, output_kept)]
 
 
 def _cast(inputs, dtype):
@@ -75,28 +109,6 @@ def _batch_of_two(inputs):
                  for t in inputs)
 
 
-def copy_as(model: nn.Module, dtype=None) -> nn.Module:
-    """A deep copy with every floating parameter and buffer cast to `dtype` while copied (None: kept as it is).
-
-    Computed tensors held as attributes (torch.nn.utils.weight_norm's `weight`) or by hooks (a stored output) are
-    copied detached: the hook that made them recomputes them on the next forward.
-    """
-    def cast(t):  # always a new tensor: `to` returns its input when the dtype already matches
-        return t.detach().to(dtype, copy=True) if dtype is not None and t.is_floating_point() else t.detach().clone()
-
-    memo = {}
-    for p in model.parameters():
-        if id(p) not in memo:
-            memo[id(p)] = nn.Parameter(cast(p), requires_grad=p.requires_grad)
-    for b in model.buffers():
-        if id(b) not in memo:
-            memo[id(b)] = cast(b)
-    for kind, t in held(model):  # weight_norm's weight, a hook's stored output of a forward with gradients
-        if kind == "tensor" and not t.is_leaf and id(t) not in memo:
-            memo[id(t)] = t.detach().clone()
-    return copy.deepcopy(model, memo)
-
-
 class Check:
     """Built before the surgery on the unpruned model; `failure()` after it says whether the shrunk twin differs."""
 
@@ -104,18 +116,17 @@ class Check:
         """`output_kept`: per returned tensor, the channels (dim 1) the pruned network still returns (None: all)."""
         self.kept, self.output_kept = kept, output_kept
         try:
-            self.twin, self.inputs, self.dtype = mask_kept(copy_as(model, torch.float64), kept), _cast(inputs, torch.float64), \
+            self.twin, self.inputs, self.dtype = masked(model, kept, torch.float64), _cast(inputs, torch.float64), \
                 torch.float64
-            self.reference = {"eval": _run(self.twin, self.inputs, "eval")}
+            self.reference = {"eval": outputs(self.twin, self.inputs, "eval")}
         except Exception:  # noqa: BLE001 - an op without float64 support: check in the model's own precision
-            self.twin, self.inputs = mask_kept(copy_as(model), kept), inputs
+            self.twin, self.inputs = masked(model, kept), inputs
             self.dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-            self.reference = {"eval": _run(self.twin, self.inputs, "eval")}
-        self.tolerance = TOLERANCE.get(self.dtype, 1e-2)
+            self.reference = {"eval": outputs(self.twin, self.inputs, "eval")}
         buffers = [(b, b.clone()) for b in self.twin.buffers()]
         for x in (self.inputs, _batch_of_two(self.inputs)):  # train-mode BatchNorm needs two values per channel
             try:
-                self.reference["train"] = _run(self.twin, x, "train")
+                self.reference["train"] = outputs(self.twin, x, "train")
                 self.train_inputs = x
                 break
             except Exception:  # noqa: BLE001 - a network that does not run in train mode is checked in eval only
@@ -134,11 +145,12 @@ class Check:
         for mode, ref in self.reference.items():
             x = self.inputs if mode == "eval" else self.train_inputs
             try:
-                out = _run(self.twin, x, mode)
+                out = outputs(self.twin, x, mode)
             except Exception:  # noqa: BLE001 - the pruned network does not run: certainly not exact
                 return mode, float("inf")
             error = relative_error(ref, out)
-            if error > self.tolerance * (TRAIN_SLACK if mode == "train" else 1) and not (mode == "train" and relative_error(out, _run(self.twin, x, mode, seed=1))):
+            if error > _tolerance(self.dtype, mode) \
+                    and not (mode == "train" and relative_error(out, outputs(self.twin, x, mode, seed=1))):
                 return mode, error
         return None
 
@@ -149,17 +161,17 @@ def first_difference(model: nn.Module, inputs: tuple, kept: dict, channels, mode
 
     `channels(name)` gives the kept indices along dim 1 of that module's output (None: unknown or all).
     """
-    masked = mask_kept(copy_as(model, dtype), kept)
-    pruned = copy.deepcopy(masked)
+    reference = masked(model, kept, dtype)
+    pruned = copy.deepcopy(reference)
     apply_kept(pruned, kept)
     x = _cast(inputs, dtype)
     if mode == "train":
         try:
-            _run(masked, x, mode)
+            outputs(reference, x, mode)
         except Exception:  # noqa: BLE001 - as in Check: a batch of two where one value per channel will not do
             x = _batch_of_two(x)
-    outputs = []
-    for net in (masked, pruned):
+    recorded = []
+    for net in (reference, pruned):
         seen, handles = {}, []
         for name, m in net.named_modules():
             if name and not any(True for _ in m.children()):
@@ -167,21 +179,20 @@ def first_difference(model: nn.Module, inputs: tuple, kept: dict, channels, mode
                     lambda m, a, out, name=name: seen.setdefault(name, out.detach().clone())
                     if isinstance(out, torch.Tensor) else None))
         try:
-            _run(net, x, mode)
+            outputs(net, x, mode)
         except Exception:  # noqa: BLE001 - the outputs recorded up to the failure still locate it
             pass
         finally:
             for h in handles:
                 h.remove()
-        outputs.append(seen)
-    tolerance = TOLERANCE.get(dtype, 1e-2) * (TRAIN_SLACK if mode == "train" else 1)
+        recorded.append(seen)
     modules = dict(model.named_modules())
-    for name, ref in outputs[0].items():
-        out, idx = outputs[1].get(name), channels(name)
+    for name, ref in recorded[0].items():
+        out, idx = recorded[1].get(name), channels(name)
         if idx is not None and ref.dim() >= 2:
             ref = ref.index_select(1, idx.to(ref.device))
         elif out is not None and out.shape != ref.shape:
             continue  # a module whose channels the graph does not map (inside a rule's block): cannot compare
-        if out is None or out.shape != ref.shape or relative_error([ref], [out]) > tolerance:
+        if out is None or out.shape != ref.shape or relative_error([ref], [out]) > _tolerance(dtype, mode):
             return f"{name!r} ({type(modules[name]).__name__})"
     return "none of the modules (the difference arises in the forward's own code after the last one)"
