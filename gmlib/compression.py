@@ -11,7 +11,10 @@ from . import models
 from .store import Store, frame_rows, record_frame
 from .surgery import prune
 
-__all__ = ["compression_table", "criterion_gap"]
+__all__ = ["compression_table", "criterion_gap", "paper_table", "PAPER_COLUMNS"]
+
+# the columns of the paper's Tables 3-5, as compression_table names them
+PAPER_COLUMNS = ["params (M)", "params reduction %", "MACs (M)", "FLOPs reduction %"]
 
 
 def compression_table(store: Store, networks, policies, rates, *, criterion: str, input_size, num_classes: int,
@@ -38,6 +41,13 @@ def compression_table(store: Store, networks, policies, rates, *, criterion: str
         return {"rows": rows, "layers": layers}
     record = store.fetch("compression", config, compute)
     return record_frame(record), pd.DataFrame(record.result["layers"])
+
+
+def paper_table(table: pd.DataFrame, model: str) -> pd.DataFrame:
+    """One network's rows of `compression_table` as the paper's Tables 3-5 give them, for people: one row per rate
+    (in %) and policy, the params and MACs after pruning (M) and their reductions (%)."""
+    rows = table[table.model == model].sort_values(["rate", "policy"], kind="stable")
+    return rows.assign(rate=rows.rate.map(lambda r: f"{r:.0%}")).set_index(["rate", "policy"])[PAPER_COLUMNS]
 
 
 def criterion_gap(store: Store, a: str = "fpgm", b: str = "fpgm-sum") -> pd.DataFrame:

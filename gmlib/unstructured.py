@@ -33,13 +33,15 @@ from .surgery import prune
 from .verdicts import decide, summarise
 
 __all__ = ["magnitude_prune", "nonzero_params", "nonzero_macs", "filter_rate_for", "structured_table", "csr_table",
-           "SPEED_MARGIN", "speed_calls", "speed_call", "claim_verdict", "claim_markdown", "side_by_side", "csr_view",
-           "csr_markdown"]
+           "SPEED_MARGIN", "speed_calls", "speed_call", "claim_verdict", "claim_markdown", "side_by_side", "COUNTS",
+           "csr_view", "csr_markdown"]
 
 PRUNABLE = (nn.Conv2d, nn.Linear)
 # the smallest change of speed a deployment would act on: 5 % of the unpruned network's time, fixed before timing
 SPEED_MARGIN = 0.05
 # gmlib.verdicts' calls in words for a speedup
+# side_by_side's counts (the rest of its columns are the times): chapter 03 shows the two as two tables
+COUNTS = ["params stored (M)", "nonzero params (M)", "GMACs executed", "GMACs on nonzero weights"]
 SPEED_WORDS = {"ahead": "faster", "behind": "slower", "equivalent": "equivalent", "not separated": "not separated"}
 
 
@@ -305,15 +307,15 @@ def claim_markdown(calls: pd.DataFrame) -> str:
 def side_by_side(calls: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
     """For people: per (network, method, sparsity) the parameters stored and nonzero (M), the GMACs executed and
     on nonzero weights, and per runtime the median ms and the mean speedup over rounds (`claim_verdict`; 1 for the
-    unpruned network)."""
+    unpruned network). The counts are the columns COUNTS."""
     keys = ["network", "method", "sparsity"]
     both = pd.concat([table[table.method == "dense"].assign(speedup=1.0), calls[calls.method != "dense copy"]],
                      ignore_index=True)
     counts = both.drop_duplicates(keys).set_index(keys)
     ms = both.pivot_table(index=keys, columns="runtime", values="ms", sort=False)
     speedup = both.pivot_table(index=keys, columns="runtime", values="speedup", sort=False)
-    out = pd.DataFrame({"params stored (M)": counts.params / 1e6, "nonzero params (M)": counts.nonzero_params / 1e6,
-                        "GMACs executed": counts.GMACs, "GMACs on nonzero weights": counts.nonzero_GMACs})
+    out = pd.DataFrame(dict(zip(COUNTS, (counts.params / 1e6, counts.nonzero_params / 1e6, counts.GMACs,
+                                         counts.nonzero_GMACs))))
     for runtime, name in (("eager", "eager"), ("ort", "ORT")):
         if runtime in ms:
             out[f"{name} ms"], out[f"{name} speedup"] = ms[runtime], speedup[runtime]

@@ -25,7 +25,8 @@ from .utils import package_version
 from .verify import check_exact, fingerprint
 
 __all__ = ["FAMILIES", "SEGMENTATION", "SMP_ENCODER", "create", "ZooResult", "try_family", "try_torch_pruning",
-           "torch_pruning_step", "zoo_table", "stored_zoo_table", "unused_params", "run_cut", "EXACT_TOL"]
+           "torch_pruning_step", "zoo_table", "stored_zoo_table", "segmentation_view", "unused_params", "run_cut",
+           "EXACT_TOL"]
 
 EXACT_TOL = 1e-9  # relative, in float64: an exact surgery lands at ~1e-15, a wrong one at >= 1e-3
 
@@ -249,6 +250,21 @@ def stored_zoo_table(store: Store, families, rate: float, policies=("or-merge", 
     table = record_frame(store.fetch("zoo", config, compute))
     table.attrs["versions"] = config["versions"]
     return table
+
+
+def segmentation_view(by: dict, policies) -> pd.DataFrame:
+    """For people: per network (the index of each frame of `by`, {method: its rows of `stored_zoo_table` by family},
+    gmlib's `policies` and "torch-pruning"), the model, the share of parameters the forward never runs (%), and per
+    method the share of the run parameters cut (%) and the status; then what went wrong with Torch-Pruning where it
+    did not prune. Every Torch-Pruning column names it, so `.filter(like="torch-pruning")` takes them apart."""
+    first = by[policies[0]]
+    out = pd.DataFrame({"model": first.model, "never run %": first.params_unused.round(1)})
+    for method in [*policies, "torch-pruning"]:
+        out[f"params cut % ({method})"] = by[method].params_cut_run.round(1)
+        out[f"result ({method})"] = by[method].status
+    tp = by["torch-pruning"]
+    out["what went wrong (torch-pruning)"] = tp.reason.where(tp.status != "prunes", "")
+    return out
 
 
 class _Timeout(Exception):

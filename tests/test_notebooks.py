@@ -1,7 +1,8 @@
 """The chapters as teaching material: every one has a title, a parameters cell, a Summary and exercises with
 answers (in a cell of their own, tagged `solution`), its prose quotes no measured figure that its own outputs do not
 contain, and its stored outputs are for a reader: no progress bars or warnings (nothing on stderr), no nbval markers
-in the code, no raw reprs. tests/test_course.py checks the rest of the course scaffolding (issue 20).
+in the code, no raw reprs, no table wider than 8 columns. tests/test_course.py checks the rest of the course
+scaffolding (issue 20).
 
 A figure is a number with decimals or a percentage in a markdown cell (outside code spans, maths, the exercises and
 the answers, which derive their own arithmetic). It must appear, within the rounding it is written with, among the
@@ -12,6 +13,7 @@ import re
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import pytest
 
 from helpers.chapters import CHAPTERS, is_solution
@@ -21,6 +23,8 @@ CITED = re.compile(r"paper|Hao et al|\bNNI\b|He et al|Liu et al|Kaggle data|real
 NOT_PROSE = re.compile(r"`[^`]*`|\$[^$]*\$|https?://\S+|\d+\s*[×x]\s*\d+")  # code, maths, links, 3×3 and 256x1600
 RAW_REPR = re.compile(r"^Name: .*, dtype: \w+$|^dtype: \w+$|object at 0x[0-9a-f]+|^tensor\(|^<Figure size", re.M)
 SENTENCE = re.compile(r"(?<=[.;:!?])\s+(?=[A-Z(*])|\n\n|\n\s*[-*]\s")
+MAX_COLUMNS = 8  # a stored table's columns as a reader sees them: its index levels and its data columns
+ROW = re.compile(r"<tr\b.*?</tr>", re.S)
 
 
 def sentences(markdown: str):
@@ -139,6 +143,48 @@ def test_the_clutter_check_finds_bars_markers_and_reprs():
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
 def test_stored_outputs_are_clean(path):
     found = clutter(nbformat.read(path, as_version=4))
+    assert not found, "\n".join(found)
+
+
+def table_widths(out) -> list:
+    """The widths of the tables in one stored output, index levels included: per HTML table (pandas' frames and
+    stylers) the most cells in a row of its body; per text table (a frame printed with print or to_string: lines
+    whose fields are two or more spaces apart, three such lines or more) the most fields in a line."""
+    data = out.get("data", {})
+    html = "".join(data.get("text/html", ""))
+    if html:
+        bodies = re.findall(r"<tbody>(.*?)</tbody>", html, re.S)
+        return [max((len(re.findall(r"<t[hd]\b", row)) for row in ROW.findall(body)), default=0) for body in bodies]
+    text = out.get("text", "") if out.output_type == "stream" else data.get("text/plain", "")
+    fields = [len(re.split(r"\s{2,}", line.strip())) for line in "".join(text).splitlines()]
+    return [max(fields)] if sum(f >= 2 for f in fields) >= 3 else []
+
+
+def wide_tables(nb) -> list:
+    """The stored tables wider than MAX_COLUMNS, by cell."""
+    return [f"cell {i}: a table of {width} columns (at most {MAX_COLUMNS}: split it, or drop columns the prose does "
+            "not read and write the whole table to a CSV)"
+            for i, cell in enumerate(nb.cells) if cell.cell_type == "code"
+            for out in cell.get("outputs", []) for width in table_widths(out) if width > MAX_COLUMNS]
+
+
+def test_the_width_check_counts_index_levels_and_columns_of_html_and_text_tables():
+    frame = pd.DataFrame([[1.0] * 7, [2.0] * 7], columns=[f"c{j}" for j in range(7)])
+    wide = frame.assign(c7=0.0).set_index(["c0", "c1"])  # 2 index levels + 6 columns: 8
+    wider = frame.assign(c7=0.0, c8=0.0).set_index(["c0", "c1"])  # 9
+    show = lambda df: nbformat.v4.new_output("execute_result", data={"text/html": df.to_html(),
+                                                                      "text/plain": df.to_string()})
+    printed = nbformat.v4.new_output("stream", text="a frame:\n" + frame.assign(c7=0.0, c8=0.0).to_string() + "\n")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("wide", outputs=[show(wide)]),
+                                         nbformat.v4.new_code_cell("wider", outputs=[show(wider)]),
+                                         nbformat.v4.new_code_cell("print", outputs=[printed])])
+    assert table_widths(nb.cells[0].outputs[0]) == [8]
+    assert [f.split(":")[0] for f in wide_tables(nb)] == ["cell 1", "cell 2"] and "10 columns" in wide_tables(nb)[1]
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_stored_tables_are_at_most_8_columns_wide(path):
+    found = wide_tables(nbformat.read(path, as_version=4))
     assert not found, "\n".join(found)
 
 
