@@ -292,6 +292,18 @@ def test_allocation_and_deployment_run_on_validation_choices_only(tmp_path, monk
     assert set(rows["runtime"]) == {"ort", "ort-int8"} and set(rows["rate"]) == {0.0, 0.5}
     macs = rows.groupby("rate")["macs"].first()
     assert (rows["ms"] > 0).all() and macs[0.5] < macs[0.0]
+
+    from gmlib import elpv_tables, verdicts
+    monkeypatch.setitem(DESIGN, "allocation_cuts", (0.3,))
+    monkeypatch.setitem(DESIGN, "allocation_seeds", 1)
+    points = elpv_tables.allocation(study)  # the two stored: uniform and sensitivity at -30 %, seed 0
+    assert sorted(points["method"]) == ["sensitivity", "uniform"]
+    calls = elpv_tables.allocation_calls(points)
+    assert list(calls["comparison"]) == ["sensitivity − uniform"] and calls["call"].iloc[0] == "not separated"
+    assert calls["mean"].iloc[0] == pytest.approx(sens["test_balanced_accuracy_after"]
+                                                  - uniform["test_balanced_accuracy_after"])
+    deployed = elpv_tables.deployment(study, rounds=1).set_index(["rate", "runtime"])
+    assert deployed.loc[(0.0, "ort"), "speed-up"] == 1.0 and len(deployed) == 4
     assert Store(tmp_path / "store").problems() == []
 
 
@@ -323,6 +335,36 @@ def test_chapter_13s_tables_read_the_store_and_call_by_the_rule(tmp_path, monkey
     kept = elpv_tables.function_kept(study)
     assert len(kept) == 2 and kept["agree, recalibrated"].between(0, 1).all()
     assert elpv_tables.lr_choice(study)[1] == 1e-3
+    found = elpv_tables.collect(study)
+    assert "Not answered yet: 0 of" in elpv_tables.pending(found, "budgets")
+    answer = elpv_tables.answer_markdown(found)
+    planned = len(planned_points(study, "budgets"))
+    assert "**Is 10-30 % nearly lossless?**" in answer and f"0 of {planned} points of the `budgets` stage" in answer
+
+    # the later stages: inherited against fresh weights, and the criteria on the random-init baseline
+    for key, value in {"budget_rates": (0.3,), "budget_epochs": (2,), "budget_seeds": 2, "scratch_rates": (0.3,),
+                       "scratch_criteria": ("fpgm", "l1"), "scratch_seeds": 2}.items():
+        monkeypatch.setitem(DESIGN, key, value)
+    assert elpv_tables.start_calls(elpv_tables.by_start(study)).empty  # one start: no contrast to call
+    for stage in ("scratch_baseline", "budgets", "scratch_init"):
+        for point in planned_points(study, stage):
+            study.run(point)
+    found = elpv_tables.collect(study)
+    budgets = found["budgets"]
+    assert len(budgets) == 4 and set(budgets["epochs"]) == {1, 2}  # the grid's budget and the longer one, 2 seeds
+    inherited = found["inherited"].set_index("epochs")
+    pairs = budgets[budgets.epochs == 2]
+    assert inherited.loc[2, "mean"] == pytest.approx((pairs["inherited"] - pairs["fresh"]).mean())
+    assert set(inherited["call"]) <= set(verdicts.CALLS) and inherited["n"].eq(2).all()
+    starts = found["starts"]
+    assert set(starts["start"]) == {"ImageNet", "random init"} and set(starts["comparison"]) == {"fpgm − l1"}
+    scratch = found["by_start"].query("start == 'random init'")
+    assert (scratch["loss"] + scratch["score"]).round(9).nunique() == 1  # the loss is against its own baseline
+    answer = elpv_tables.answer_markdown(found)
+    assert "budgets" not in answer and "on the random init baseline" in answer
+    checks = elpv_tables.checks(study, found)
+    assert checks["the three splits are disjoint and hold every cell once"]
+    assert checks["every criterion removes more MACs at a higher rate"]
 
 
 def test_the_setup_is_chosen_on_validation_with_a_margin_for_cost(monkeypatch):
@@ -347,3 +389,19 @@ def test_the_setup_is_chosen_on_validation_with_a_margin_for_cost(monkeypatch):
     assert elpv.chosen_setup(study({**full, ("probability", 224): 0.82})) == {"head": "probability", "size": 224}
     assert elpv.chosen_setup(study({**full, ("grades", 128): 0.9}))["head"] == "grades"
     assert elpv.chosen_setup(study({k: v for k, v in full.items() if k[1] == 128})) is None  # not all stored
+
+
+def test_the_real_answers_are_set_beside_the_synthetic_ones_by_the_kind_of_verdict():
+    from gmlib import conclusions
+    real = pd.DataFrame({"question": ["Real cells: is 10-30 % nearly lossless?",
+                                      "Real cells: does FPGM beat the other criteria?",
+                                      "Real cells: do inherited weights beat fresh ones?"],
+                         "verdict": ["not decided: undecided at 10%", "not shown: ahead 0, behind 0 of 28",
+                                     "not answered yet (0 of 30 points of the `budgets` stage are stored)"]})
+    synthetic = pd.DataFrame({"question": ["Is 10-30 % nearly lossless (Figure 5)?", "Are FPGM's filters the ones to prune?",
+                                           "Do inherited weights beat fresh ones (Liu et al. 2019)?"],
+                              "verdict": ["within the bar at 10% only", "not shown: mostly not separated",
+                                          "worth something at every budget tested"], "chapter": ["07"] * 3})
+    out = conclusions.side_by_side(real, synthetic).set_index("question")
+    assert out["same kind of verdict"].tolist() == ["no", "yes", "open"]
+    assert out.loc["Real cells: does FPGM beat the other criteria?", "synthetic"] == "not shown: mostly not separated"

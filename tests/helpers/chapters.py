@@ -4,7 +4,7 @@ from pathlib import Path
 
 CHAPTERS = sorted((Path(__file__).resolve().parents[2] / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 PARTS = {"I · The method": ["01", "02", "03"], "II · Reproducing the paper": ["04", "05", "06", "07", "08"],
-         "III · Beyond the paper": ["09", "10", "11", "12"]}
+         "III · Beyond the paper": ["09", "10", "11", "12", "13"]}
 
 
 def is_solution(cell) -> bool:
