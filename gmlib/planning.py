@@ -6,7 +6,9 @@ expanded to rows and columns of every module; a Plan, the model untouched.
 `plan(model, x, rate, ...)` traces the network (gmlib.graph), scores every voting conv of each coupling set by the
 criterion, selects the kept channels of each set (or-merge or coupled) and expands them to the kept rows and columns
 of every module. The Plan lists the coupling sets (members, size, kept, why a set is frozen), the per-layer widths
-before and after, and the params and MACs before and after; it prints as a table and round-trips through JSON.
+before and after, and the params and MACs before and after, the latter counted, not cut (each module's rule says the
+shapes and the share of its MACs a cut leaves: gmlib.shrink.counted); it prints as a table and round-trips through
+JSON.
 `gmlib.apply(model, plan)` does the surgery; `prune` is the two together.
 """
 import fnmatch
@@ -23,7 +25,7 @@ from .complexity import count_by_module, tally
 from .criteria import CRITERIA, is_criterion, select_filters
 from .graph import analyse
 from .rules import rule_for
-from .shrink import apply_kept
+from .shrink import apply_kept, counted
 from .transaction import copy_as, guarded
 
 __all__ = ["plan", "Plan", "CouplingSet", "LayerChange", "POLICIES", "estimate_macs"]
@@ -69,7 +71,8 @@ class Plan:
 
     `kept[name] = {"out": [...], "in": [...]}`: the surviving indices of module `name` along its output and input
     dims, for every module that changes. `sets` are the coupling sets, `layers` the conv / Linear widths before and
-    after (a LayerChange each). Params and MACs after are counted on a pruned copy (None when not asked for).
+    after (a LayerChange each). Params and MACs after are counted from the kept shapes and each changed module's
+    MACs share (`macs_scale`: name -> (kept, of), by its rule), without cutting (None when not asked for).
     `to_dict` / `from_dict` (and `save` / `load`, JSON) keep everything but the traced graph; `apply` needs the
     example inputs again for such a plan when it verifies.
     """
@@ -91,7 +94,7 @@ class Plan:
     shapes: dict = field(default_factory=dict)  # parameter name -> shape of the model it was made for
     module_macs: dict | None = None  # MACs inside each module of the unpruned network ("" = all), for estimates
     output_kept: list = field(default_factory=list)  # per returned tensor: kept channels (dim 1), None = all
-    groups: dict = field(default_factory=dict)  # conv name -> its groups before
+    macs_scale: dict | None = field(default_factory=dict)  # module -> (kept, of) share of its MACs; None: unknown
     _graph: object = field(default=None, repr=False, compare=False)
     _kept_space: dict = field(default_factory=dict, repr=False, compare=False)
     _inputs: tuple | None = field(default=None, repr=False, compare=False)
@@ -135,6 +138,8 @@ class Plan:
         d["layers"] = [LayerChange(**l) for l in d["layers"]]
         d["input_size"] = tuple(d["input_size"]) if d.get("input_size") else None
         d["shapes"] = {n: tuple(s) for n, s in d.get("shapes", {}).items()}
+        d.pop("groups", None)  # saved before the rules scaled MACs: estimate_macs cannot use such a plan
+        d.setdefault("macs_scale", None)
         return cls(**d)
 
     def save(self, path) -> None:
@@ -183,7 +188,9 @@ def plan(model: nn.Module, example_inputs, rate, *, criterion: str = "fpgm", pol
          ignored_layers=(), round_to: int = 1, count_macs: bool = True, seed: int = 0, max_rate: float | None = None,
          global_ranking: bool = False, keep_head: bool = True, sizes_after: bool = True) -> Plan:
     """The Plan of `prune(model, example_inputs, rate, ...)` (same arguments, same meaning), without changing the
-    model. `sizes_after` also counts the params (and with `count_macs` the MACs) after, on a pruned copy.
+    model. `sizes_after` also counts the params (and with `count_macs` the MACs) after: from each module's kept
+    shapes and MACs share as its rule gives them (exact: tests/test_planning.py compares them with the pruned
+    model's), and only where a rule cannot say (a user's rule without `shapes_after` / `macs_share`) on a cut copy.
 
     `rate` is one float for every coupling set, or per set: a dict {module name or glob: rate} (a set takes the
     rate of the first entry that names one of its members; a set no entry names keeps its channels; an entry that
@@ -276,34 +283,53 @@ def plan(model: nn.Module, example_inputs, rate, *, criterion: str = "fpgm", pol
     result.module_macs = module_macs
     result.output_kept = [None if k is None else k.tolist()
                           for k in (sp.layout_kept(o, kept_space) if o else None for o in graph.outputs)]
-    result.groups = {n: m.groups for n, m in model.named_modules() if isinstance(getattr(m, "groups", None), int)
-                     and isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))}
+    count = counted(model, kept)
+    result.macs_scale = None if count is None else {n: list(s) for n, s in count[1].items()}
     if sizes_after:
-        twin = copy_as(model)
-        apply_kept(twin, kept)
-        result.params_after, result.macs_after = tally(twin, size, count_macs)
+        result.params_after, result.macs_after = _sizes_after(model, kept, result, count, count_macs)
     result.kept = {n: {d: v.tolist() for d, v in k.items()} for n, k in kept.items()}
     return result
 
 
 def estimate_macs(plan: Plan) -> int | None:
-    """MACs after `plan` without pruning anything: the unpruned network's MACs per conv / Linear scaled by
-    out'/out * in'/in * groups/groups' (a depthwise conv's groups follow its channels), the rest counted as it was.
-    Exact where every multiply-accumulate is inside a conv or Linear module (FlopCounterMode counts only convs and
-    matrix products); None without a MACs count (count_macs=False or no (C, H, W) input)."""
+    """MACs after `plan` without pruning anything: the unpruned network's MACs inside each module that changes,
+    scaled by the share of them its rule says the cut leaves (`Plan.macs_scale`; a conv: out * in / groups), the rest
+    counted as it was. Exact: FlopCounterMode counts convs and matrix products, and pruning changes only those inside
+    the modules it cuts (any other reads channels that are kept). None without a MACs count (count_macs=False or no
+    (C, H, W) input); ValueError for a plan whose shares are unknown (a rule without `macs_share`)."""
     if not plan.module_macs:
         return None
-    total = plan.module_macs[""]
-    for layer in plan.layers:
-        macs = plan.module_macs.get(layer.name)
-        if not macs or (layer.in_after, layer.out_after) == (layer.in_before, layer.out_before):
-            continue
-        g = plan.groups.get(layer.name, 1)
-        depthwise = g > 1 and g == layer.in_before == layer.out_before
-        g_after = layer.out_after if depthwise else g
-        scaled = macs * layer.out_after * layer.in_after * g // (layer.out_before * layer.in_before * g_after)
-        total += scaled - macs
+    macs = _scaled_macs(plan.module_macs, plan.macs_scale)
+    if macs is None:
+        raise ValueError("this plan's MACs cannot be counted without cutting: a module's rule has no macs_share "
+                         "(or the plan was saved by an older gmlib)")
+    return macs
+
+
+def _scaled_macs(module_macs: dict, scale) -> int | None:
+    """The whole network's MACs with each changed module's own scaled by its (kept, of) share; None when a share is
+    unknown, or a changed module with MACs sits inside another (its MACs would count twice)."""
+    if scale is None:
+        return None
+    changed = [n for n in scale if module_macs.get(n)]
+    if any(b.startswith(a + ".") for a in changed for b in changed):
+        return None
+    total = module_macs[""]
+    for name in changed:
+        kept, of = scale[name]
+        total += module_macs[name] * kept // of - module_macs[name]
     return int(total)
+
+
+def _sizes_after(model, kept, result, count, count_macs):
+    """(params, MACs) after the plan: counted (gmlib.shrink.counted, `_scaled_macs`); measured on a cut copy only
+    where a rule cannot count."""
+    macs = _scaled_macs(result.module_macs, result.macs_scale) if result.module_macs else None
+    if count is not None and (macs is not None or not result.module_macs):
+        return count[0], macs
+    twin = copy_as(model)
+    apply_kept(twin, kept)
+    return tally(twin, result.input_size, count_macs)
 
 
 def _global_rates(graph, opened, scored, rate, max_rate, criterion):

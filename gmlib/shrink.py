@@ -5,17 +5,23 @@ column from every reader, each by its module's rule; what was kept is recorded o
 
 `kept[name] = {"out": rows, "in": columns}` names modules, or the tensors of bare per-channel parameters
 (gmlib.rules.params); `apply_kept` cuts them all (the surgery, and `load_pruned` re-applying a manifest), `mask_kept`
-zeroes what they drop instead (in eval mode an exact pruning computes the same). How a module is cut or masked is
-its rule's business (gmlib.rules: `shrink`, `mask`); this file finds each name's owner, and owns what a pruned model
-remembers of its cuts (`kept_of`, `remember`: the indices relative to the unpruned original).
+zeroes what they drop instead (in eval mode an exact pruning computes the same), `counted` says the parameters and
+the share of each module's MACs a cut would leave without cutting (a plan's sizes after). How a module is cut,
+masked or counted is its rule's business (gmlib.rules: `shrink`, `mask`, `shapes_after`, `macs_share`); this file
+finds each name's owner, and owns what a pruned model remembers of its cuts (`kept_of`, `remember`: the indices
+relative to the unpruned original).
 """
+import math
+
 import torch
 from torch import nn
 
 from .rules import ModuleRule, rule_for
-from .rules.params import mask_parameter, shrink_parameter, tensor_owner
+from .rules.base import counts
+from .rules.params import mask_parameter, parameter_shape_after, shrink_parameter, tensor_owner
 
-__all__ = ["shrink_module", "shrink_named", "apply_kept", "mask_kept", "mask_pruned", "kept_of", "remember"]
+__all__ = ["shrink_module", "shrink_named", "apply_kept", "mask_kept", "mask_pruned", "counted", "kept_of",
+           "remember"]
 
 
 _ANY = ModuleRule()  # a module no rule names (a user's block's part): its weight and bias rows are zeroed
@@ -70,6 +76,32 @@ def mask_kept(model: nn.Module, kept: dict) -> nn.Module:
             rule = rule_for(modules[name], "mask") or _ANY
             rule.mask(modules[name], torch.as_tensor(k["out"], dtype=torch.long))
     return model
+
+
+def counted(model: nn.Module, kept: dict):
+    """(parameters, {module name: (kept, of) share of its MACs}) that cutting `model` by `kept` would leave, counted
+    from each rule's `shapes_after` and `macs_share` without cutting; None where a module's rule cannot say (a user's
+    rule that cuts without counting) or no rule cuts it (then `apply_kept` would refuse it)."""
+    modules = dict(model.named_modules())
+    after, shares = {}, {}  # id(parameter) -> numel after; module name -> MACs share
+    for name, k in kept.items():
+        if name in modules:
+            m = modules[name]
+            rule = rule_for(m, "shrink")
+            if rule is None or not counts(rule):
+                return None
+            out, in_ = _indices(k.get("out"), m), _indices(k.get("in"), m)
+            for attr, shape in rule.shapes_after(m, out, in_).items():
+                after[id(m._parameters[attr])] = math.prod(shape)
+            shares[name] = tuple(rule.macs_share(m, out, in_))
+        elif tensor_owner(modules, name) is not None:
+            m, attr = tensor_owner(modules, name)
+            if attr in m._parameters:
+                after[id(m._parameters[attr])] = math.prod(parameter_shape_after(m._parameters[attr], k["out"]))
+        else:
+            raise ValueError(f"kept indices name module {name!r}, which the model does not have")
+    params = {id(p): p.numel() for p in model.parameters()}
+    return sum(after.get(i, n) for i, n in params.items()), shares
 
 
 def kept_of(model: nn.Module) -> dict:

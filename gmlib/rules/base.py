@@ -7,7 +7,8 @@ the way which modules read which spaces (`ctx.read`) and which produce new ones 
 When pruning keeps indices k of a space of n channels (0 <= k < n), each producer's rule turns them into kept output
 rows of its modules (`expand`; a conv keeps rows k, a block whose channel j is rows r*n + j of a conv keeps
 {r*n + k}), each reader keeps k along its input, `shrink` cuts the module's tensors to those indices and `mask`
-zeroes what they drop instead (the masked original that `prune`'s self-check compares with).
+zeroes what they drop instead (the masked original that `prune`'s self-check compares with). `shapes_after` and `macs_share` count what `shrink` would leave,
+so that a plan can say the params and MACs after without cutting anything.
 """
 import importlib
 
@@ -16,7 +17,7 @@ from torch import nn
 
 from ..criteria import filter_scores
 
-__all__ = ["ModuleRule", "Producer", "Use", "scores_of"]
+__all__ = ["ModuleRule", "Producer", "Use", "scores_of", "counts"]
 
 
 class Producer(tuple):
@@ -124,6 +125,16 @@ class ModuleRule:
         `incoming` on."""
         return ""
 
+    def shapes_after(self, module: nn.Module, out=None, in_=None):
+        """{name: shape} of the module's own parameters once `shrink` keeps rows `out` and columns `in_` (as it
+        would leave them); None: the rule cannot say without cutting (a plan then counts a cut copy)."""
+        return None
+
+    def macs_share(self, module: nn.Module, out=None, in_=None):
+        """(kept, of): the share kept / of of the multiply-accumulates counted inside the module that `shrink` to
+        rows `out` and columns `in_` leaves; None: the rule cannot say (a plan then counts a cut copy)."""
+        return None
+
     @torch.no_grad()
     def mask(self, module: nn.Module, out) -> None:
         """Zero, in place, what keeping only rows `out` drops, so that the masked module computes what the cut one
@@ -136,6 +147,15 @@ class ModuleRule:
         for p in (w, getattr(module, "bias", None)):
             if isinstance(p, torch.Tensor):
                 p[drop] = 0
+
+
+def counts(rule: ModuleRule) -> bool:
+    """Whether `rule` counts what its own `shrink` leaves: `shapes_after` and `macs_share` defined by the class that
+    defines `shrink`, or by a subclass of it (a rule that changes the cut without the counts cannot be trusted)."""
+    mro = type(rule).__mro__
+    depth = {name: next(i for i, c in enumerate(mro) if name in c.__dict__)
+             for name in ("shrink", "shapes_after", "macs_share")}
+    return max(depth["shapes_after"], depth["macs_share"]) <= depth["shrink"] < mro.index(ModuleRule)
 
 
 class TimmBlock(ModuleRule):

@@ -107,6 +107,14 @@ class PerChannel(ModuleRule):
         if self.count:
             setattr(m, self.count, len(idx))
 
+    def shapes_after(self, m, out=None, in_=None):
+        n = len(out if out is not None else in_)
+        return {p: (n, *m._parameters[p].shape[1:]) for p in self.params
+                if isinstance(m._parameters.get(p), nn.Parameter)}
+
+    def macs_share(self, m, out=None, in_=None):
+        return 1, 1
+
     @torch.no_grad()
     def mask(self, m, out):
         for p in self.params:

@@ -4,7 +4,8 @@ Conv2d, y[o] = sum_i W[o, i] * x[i] + b[o]: reads its input spaces (columns i) a
 (rows o), which it produces and scores. Grouped (g groups): output block j reads only input block j, so both sides
 must lose the same number in every block (`groups=g`). Depthwise (g = C_in = C_out): channel c out is channel c in.
 ConvTranspose2d stores W as (C_in, C_out, kh, kw): the same maths with the roles of dims 0 and 1 swapped.
-Each cuts its own weight (`shrink`) and zeroes the filters it drops for the masked reference (`mask`).
+Each cuts its own weight (`shrink`), zeroes the filters it drops for the masked reference (`mask`), and counts
+what a cut leaves (`shapes_after`, `macs_share`: a conv's multiply-accumulates are out * in / groups per position).
 """
 import torch
 from torch import nn
@@ -54,6 +55,16 @@ def param_like(t, like):
 _param = param_like
 
 
+def _depthwise(m) -> bool:
+    """Channel c in is channel c out (groups = C_in = C_out): one index set cuts both, and the groups follow it."""
+    return m.groups > 1 and m.groups == m.in_channels == m.out_channels
+
+
+def _own(m, shapes):
+    """The entries of `shapes` that name parameters of `m` (a computed weight is not one)."""
+    return {k: v for k, v in shapes.items() if isinstance(m._parameters.get(k), nn.Parameter)}
+
+
 class Conv(ModuleRule):
     """nn.Conv2d with plain maths (conv_kind == "conv").
 
@@ -68,7 +79,7 @@ class Conv(ModuleRule):
 
     def analyse(self, ctx, name, m, lin):
         g = m.groups
-        if g > 1 and g == m.in_channels == m.out_channels:  # depthwise: channel c in is channel c out
+        if _depthwise(m):  # channel c in is channel c out
             ctx.read(name, "depthwise", lin)
             result = lin
         else:
@@ -89,11 +100,21 @@ class Conv(ModuleRule):
         return ("conv (groups=%d)" % m.groups if m.groups > 1 else "conv"), m.in_channels, m.out_channels, \
             "follows its input"
 
+    def shapes_after(self, m, out=None, in_=None):
+        rows, cols = _kept_widths(m, out, in_)
+        groups = rows if _depthwise(m) else m.groups
+        return _own(m, {"weight": (rows, cols // groups, *m.weight.shape[2:]), "bias": (rows,)})
+
+    def macs_share(self, m, out=None, in_=None):
+        """out' * (in' / groups') of out * (in / groups) per output position (a depthwise conv's groups follow)."""
+        rows, cols = _kept_widths(m, out, in_)
+        return rows * cols * m.groups, m.out_channels * m.in_channels * (rows if _depthwise(m) else m.groups)
+
     @torch.no_grad()
     def shrink(self, m, out=None, in_=None):
         """Rows `out`, columns `in_`; grouped: both must keep the same number in every group; depthwise: one set."""
         g, w = m.groups, m.weight
-        if g > 1 and g == m.in_channels == m.out_channels:  # depthwise: one index set for both
+        if _depthwise(m):  # one index set for both
             idx = out if out is not None else in_
             m.weight = _param(w[idx], w)
             if m.bias is not None:
@@ -138,7 +159,8 @@ class FrozenConv(ModuleRule):
         ctx.conv_out[name] = result
         return result
 
-    shrink, layer = Conv.shrink, Conv.layer  # never cut by a plan (its channels are kept), but a conv's tensors
+    # never cut by a plan (its channels are kept), but a conv's tensors
+    shrink, layer, shapes_after, macs_share = Conv.shrink, Conv.layer, Conv.shapes_after, Conv.macs_share
 
 
 class ConvTranspose(ModuleRule):
@@ -173,6 +195,14 @@ class ConvTranspose(ModuleRule):
     def layer(self, m):
         kind, cin, cout, note = Conv.layer(self, m)
         return "transposed " + kind, cin, cout, note
+
+    def shapes_after(self, m, out=None, in_=None):
+        cols, rows = _kept_widths(m, out, in_)[::-1]
+        return _own(m, {"weight": (cols, rows, *m.weight.shape[2:]), "bias": (rows,)})
+
+    def macs_share(self, m, out=None, in_=None):
+        rows, cols = _kept_widths(m, out, in_)
+        return rows * cols, m.out_channels * m.in_channels
 
     @torch.no_grad()
     def shrink(self, m, out=None, in_=None):
@@ -218,8 +248,22 @@ class Linear(ModuleRule):
         m.weight = _param(m.weight[:, in_], m.weight)
         m.in_features = len(in_)
 
+    def shapes_after(self, m, out=None, in_=None):
+        return _own(m, {"weight": (m.out_features, m.in_features if in_ is None else len(in_))})
+
+    def macs_share(self, m, out=None, in_=None):
+        return (m.in_features if in_ is None else len(in_)), m.in_features
+
     def mask(self, m, out):
         pass  # its outputs are never pruned
+
+
+def _kept_widths(m, out, in_):
+    """(output channels, input channels) a cut to rows `out` and columns `in_` leaves (depthwise: one index set)."""
+    if _depthwise(m):
+        n = len(out if out is not None else in_)
+        return n, n
+    return (m.out_channels if out is None else len(out)), (m.in_channels if in_ is None else len(in_))
 
 
 CONV, FROZEN_CONV, CONV_TRANSPOSE, LINEAR = Conv(), FrozenConv(), ConvTranspose(), Linear()

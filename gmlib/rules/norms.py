@@ -4,7 +4,8 @@ BatchNorm, y[c] = g[c] (x[c] - m[c]) / sqrt(v[c] + eps) + b[c]: channel c out de
 keeps rows k of (g, b, m, v). GroupNorm normalises over blocks of C / G channels: removing part of a block changes
 the block's mean for the channels left, so only whole blocks go (`unit` = C / G). InstanceNorm normalises each
 channel over space alone: per-channel like BatchNorm. LayerNorm / RMSNorm over C mix every channel: kept.
-A cut keeps the rows of the per-channel tensors (GroupNorm: whole groups); masking zeroes the dropped affine rows.
+A cut keeps the rows of the per-channel tensors (GroupNorm: whole groups); masking zeroes the dropped affine rows;
+a norm has no multiply-accumulates to count.
 """
 import torch
 from torch import nn
@@ -64,6 +65,11 @@ def _keep_channels(m, out):
     m.num_features = len(out)
 
 
+def _affine_after(m, out):
+    """The shapes of a per-channel norm's learnt affine once rows `out` are kept (frozen BNs keep it as buffers)."""
+    return {k: (len(out),) for k in ("weight", "bias") if isinstance(m._parameters.get(k), nn.Parameter)}
+
+
 def _feeds_from_conv(ctx):
     """The conv right before the current norm, when the norm is its only reader (the "bn" criterion's norm)."""
     from .registry import rule_for
@@ -100,6 +106,12 @@ class Norm(ModuleRule):
         """Without affine a zeroed channel becomes -mean / std (its own or its group's): not zero."""
         return "" if getattr(m, "weight", None) is not None else type(m).__name__
 
+    def shapes_after(self, m, out=None, in_=None):
+        return _affine_after(m, out)
+
+    def macs_share(self, m, out=None, in_=None):
+        return 1, 1
+
     @torch.no_grad()
     def shrink(self, m, out=None, in_=None):
         if not is_group_norm(m):
@@ -129,6 +141,8 @@ class InstanceNorm(ModuleRule):
 
     def shrink(self, m, out=None, in_=None):
         _keep_channels(m, out)
+
+    shapes_after, macs_share = Norm.shapes_after, Norm.macs_share
 
 
 class MixingNorm(ModuleRule):

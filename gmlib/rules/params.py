@@ -14,7 +14,8 @@ from torch import fx, nn
 from ..normalize import canonical
 from .registry import rule_for
 
-__all__ = ["analyse_parameter", "channel_dim", "tensor_owner", "shrink_parameter", "mask_parameter"]
+__all__ = ["analyse_parameter", "channel_dim", "tensor_owner", "shrink_parameter", "mask_parameter",
+           "parameter_shape_after"]
 
 
 def channel_dim(shape) -> int:
@@ -45,6 +46,13 @@ def mask_parameter(m: nn.Module, attr: str, out) -> None:
     drop = torch.ones(t.shape[d], dtype=torch.bool, device=t.device)
     drop[torch.as_tensor(out, dtype=torch.long, device=t.device)] = False
     t.index_fill_(d, drop.nonzero().flatten(), 0)
+
+
+def parameter_shape_after(t: torch.Tensor, out) -> tuple:
+    """The shape `shrink_parameter` leaves `t` with: `len(out)` entries along its channel dim."""
+    shape = list(t.shape)
+    shape[channel_dim(shape)] = len(out)
+    return tuple(shape)
 
 
 def analyse_parameter(ctx, node):
