@@ -52,6 +52,7 @@ class ChannelGraph:
     conv_out: dict = field(default_factory=dict)  # conv name -> the spaces of its output (for coverage)
     layouts: dict = field(default_factory=dict)   # module name -> the spaces of its (first) output
     outputs: list = field(default_factory=list)  # the layout of each tensor the model returns, in return order
+    copies: dict = field(default_factory=dict)    # conv name -> output rows per channel of conv_out (1 if absent)
 
 
 def analyse(model: nn.Module, example_inputs, *, keep_outputs: bool = True) -> ChannelGraph:
@@ -115,7 +116,7 @@ def analyse(model: nn.Module, example_inputs, *, keep_outputs: bool = True) -> C
         if not holds_while_pruned(g, raw_channels):
             sp.freeze(size_of.get(g), f"control flow on the channel count ({g.name})")
     return ChannelGraph(sp, ctx.uses, ctx.norm_after, ctx.modules, ctx.warnings, ctx.conv_out, layouts,
-                        outputs=outputs)
+                        outputs=outputs, copies=ctx.copies)
 
 
 def _module_call(ctx, node, traced, seen):

@@ -479,8 +479,7 @@ def _coverage(graph, set_reason):
     """(share of conv output channels in prunable sets, {reason: share} for the rest); (None, {}) without convs."""
     sp, total, prunable, frozen = graph.spaces, 0, 0, {}
     for name, layout in graph.conv_out.items():
-        n = sum(sp.size[s] for s in layout)
-        copies = graph.modules[name].out_channels // n  # SplitAttn: radix rows per channel
+        copies = graph.copies.get(name, 1)  # rows per channel, as the block's rule says (SplitAttn: its radix)
         for s in layout:
             r = sp.find(s)
             reason = set_reason.get(r, "; ".join(dict.fromkeys(sp.frozen[r])) or "no conv writes it")

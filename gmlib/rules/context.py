@@ -21,12 +21,14 @@ def flat_nodes(a):
 
 class Context:
     """Spaces (gmlib.spaces.Spaces), uses, norm_after (conv -> the norm right after it), conv_out (conv -> its
-    output layout, for coverage), warnings, modules by name, each node's shape and layout; `node` and `input` are
+    output layout, for coverage) and copies (conv -> its output rows per channel of that layout where a rule's
+    block lays a channel on several rows, 1 elsewhere), warnings, modules by name, each node's shape and layout; `node` and `input` are
     the node being analysed and its (first) tensor input."""
 
     def __init__(self, spaces, modules, shapes):
         self.sp, self.modules, self.shapes = spaces, modules, shapes
         self.uses, self.norm_after, self.conv_out, self.warnings, self.layout = [], {}, {}, [], {}
+        self.copies = {}
         self.node = self.input = None
         self.gate_shapes = {}   # node -> the shape of what `expand_as` spread over space (a gate stays a gate)
         self.stacked = set()    # stack nodes read only by a reduction over the stacked dim

@@ -3,8 +3,8 @@ fc_select, softmax over paths) -> weighted sum over paths.
 
 The P paths are summed: channel j is row j of every path conv, one space of C channels produced by the block
 (scored, like SplitAttn's radix, by the paths' scores summed; kept k expands to rows k of each path conv).
-fc_select row p*C + j gates channel j of path p: a follower whose rows are {p*C + k}. fc_reduce's hidden channels
-are their own space.
+fc_select row p*C + j gates channel j of path p: a follower whose rows are {p*C + k}, P rows per channel of the
+block in the plan's coverage (`ctx.copies`). fc_reduce's hidden channels are their own space.
 """
 import torch
 from torch import nn
@@ -59,6 +59,7 @@ class SelectiveKernel(TimmBlock):
         ctx.read(f"{name}.attn.fc_select", "conv_in", (hidden,))
         ctx.sp.producers[out].append(Producer("follower", f"{name}.attn.fc_select", self, "select"))
         ctx.conv_out[f"{name}.attn.fc_reduce"], ctx.conv_out[f"{name}.attn.fc_select"] = (hidden,), (out,)
+        ctx.copies[f"{name}.attn.fc_select"] = attn.fc_select.out_channels // paths[0].conv.out_channels
         return (out,)
 
     def scores(self, graph, producer, criterion, generator):

@@ -5,6 +5,7 @@ With C output channels, channel j of the block is conv rows r*C + j for every ra
 of C channels is produced by the block, scored by the R branches' filter scores summed, and kept indices k expand to
 conv rows {r*C + k}. The attention fc2 (cardinality `card` groups of R*C/card rows each) writes, for group q and
 branch r, rows q*R*cg + r*cg + i for channel q*cg + i (cg = C/card). fc1's hidden channels are their own space.
+The conv's R rows per channel count R times in the plan's coverage (`ctx.copies`).
 """
 import torch
 from torch import nn
@@ -25,6 +26,7 @@ class SplitAttn(TimmBlock):
 
     def analyse(self, ctx, name, m, lin):
         radix, card = m.radix, m.fc1.groups
+        ctx.copies[f"{name}.conv"] = radix  # channel j is conv rows r*C + j
         if not (type(m.conv) is nn.Conv2d and type(m.fc1) is nn.Conv2d and type(m.fc2) is nn.Conv2d
                 and isinstance(m.bn0, (nn.BatchNorm2d, nn.Identity))
                 and isinstance(m.bn1, (nn.BatchNorm2d, nn.Identity))):
