@@ -67,14 +67,19 @@ def mask_kept(model: nn.Module, kept: dict) -> nn.Module:
     """Zero, in an unpruned model, every output row that `kept` drops (conv filters, biases, norm affines), in place.
 
     In eval mode the result computes exactly what the model shrunk by the same `kept` computes, if the pruning is exact.
+    A module is zeroed by its rule's `mask`, a tensor named by its dotted name along its channel dim: both through
+    gmlib.rules.zero_dropped.
     """
     modules = dict(model.named_modules())
     for name, k in kept.items():
-        if name not in modules and tensor_owner(modules, name) is not None:
+        if k.get("out") is None:
+            continue
+        if name in modules:
+            (rule_for(modules[name], "mask") or _ANY).mask(modules[name], _indices(k["out"], modules[name]))
+        elif tensor_owner(modules, name) is not None:
             mask_parameter(*tensor_owner(modules, name), k["out"])
-        elif k.get("out") is not None:
-            rule = rule_for(modules[name], "mask") or _ANY
-            rule.mask(modules[name], torch.as_tensor(k["out"], dtype=torch.long))
+        else:
+            raise ValueError(f"kept indices name module {name!r}, which the model does not have")
     return model
 
 

@@ -7,7 +7,8 @@ the way which modules read which spaces (`ctx.read`) and which produce new ones 
 When pruning keeps indices k of a space of n channels (0 <= k < n), each producer's rule turns them into kept output
 rows of its modules (`expand`; a conv keeps rows k, a block whose channel j is rows r*n + j of a conv keeps
 {r*n + k}), each reader keeps k along its input, `shrink` cuts the module's tensors to those indices and `mask`
-zeroes what they drop instead (the masked original that `prune`'s self-check compares with). `shapes_after` and `macs_share` count what `shrink` would leave,
+zeroes what they drop instead (the masked original that `prune`'s self-check compares with, through `zero_dropped`,
+the one way gmlib zeroes a tensor's dropped rows). `shapes_after` and `macs_share` count what `shrink` would leave,
 so that a plan can say the params and MACs after without cutting anything.
 """
 import importlib
@@ -17,7 +18,7 @@ from torch import nn
 
 from ..criteria import filter_scores
 
-__all__ = ["ModuleRule", "Producer", "Use", "scores_of", "counts"]
+__all__ = ["ModuleRule", "Producer", "Use", "scores_of", "zero_dropped", "counts"]
 
 
 class Producer(tuple):
@@ -81,6 +82,15 @@ def scores_of(conv: nn.Module, criterion, norm, name, generator, weight=None):
         raise ValueError(f"cannot score {name!r} with criterion {label!r}: {e}") from e
 
 
+@torch.no_grad()
+def zero_dropped(t: torch.Tensor, dim: int, kept) -> None:
+    """Zero, in place, the entries of `t` along `dim` whose index is not in `kept`: the one masking primitive (the
+    rules' `mask` and the tensors named by their dotted name, gmlib.shrink.mask_kept)."""
+    drop = torch.ones(t.shape[dim], dtype=torch.bool, device=t.device)
+    drop[torch.as_tensor(kept, dtype=torch.long, device=t.device)] = False
+    t.index_fill_(dim, drop.nonzero().flatten(), 0)
+
+
 class ModuleRule:
     """How one kind of module treats channels. Subclass it and pass an instance to `gmlib.register_rule`.
 
@@ -142,11 +152,9 @@ class ModuleRule:
         w = getattr(module, "weight", None)
         if not isinstance(w, torch.Tensor):
             return  # a norm without affine cannot be zeroed: prune's check then finds the difference
-        drop = torch.ones(w.shape[0], dtype=torch.bool, device=w.device)
-        drop[out.to(w.device)] = False
         for p in (w, getattr(module, "bias", None)):
             if isinstance(p, torch.Tensor):
-                p[drop] = 0
+                zero_dropped(p, 0, out)
 
 
 def counts(rule: ModuleRule) -> bool:

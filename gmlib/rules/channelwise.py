@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..layers import timm_types
-from .base import ModuleRule
+from .base import ModuleRule, zero_dropped
 
 __all__ = ["Pass", "Flatten", "PerChannel", "PASS_MODULES", "is_pass", "zero_stays_zero"]
 
@@ -115,13 +115,9 @@ class PerChannel(ModuleRule):
     def macs_share(self, m, out=None, in_=None):
         return 1, 1
 
-    @torch.no_grad()
     def mask(self, m, out):
         for p in self.params:
-            t = getattr(m, p)
-            drop = torch.ones(t.shape[0], dtype=torch.bool, device=t.device)
-            drop[out.to(t.device)] = False
-            t[drop] = 0
+            zero_dropped(getattr(m, p), 0, out)
 
 
 def _layer_scale_types():

@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..layers import timm_types
-from .base import ModuleRule, Producer, scores_of
+from .base import ModuleRule, Producer, scores_of, zero_dropped
 
 __all__ = ["Conv", "FrozenConv", "ConvTranspose", "Linear", "param_like", "conv_kind"]
 
@@ -217,13 +217,10 @@ class ConvTranspose(ModuleRule):
             m.out_channels = len(out)
         m.weight = _param(w, m.weight)
 
-    @torch.no_grad()
     def mask(self, m, out):
-        drop = torch.ones(m.out_channels, dtype=torch.bool, device=m.weight.device)
-        drop[out] = False
-        m.weight[:, drop] = 0
+        zero_dropped(m.weight, 1, out)
         if m.bias is not None:
-            m.bias[drop] = 0
+            zero_dropped(m.bias, 0, out)
 
 
 class Linear(ModuleRule):

@@ -12,6 +12,7 @@ import torch
 from torch import fx, nn
 
 from ..normalize import canonical
+from .base import zero_dropped
 from .registry import rule_for
 
 __all__ = ["analyse_parameter", "channel_dim", "tensor_owner", "shrink_parameter", "mask_parameter",
@@ -38,14 +39,10 @@ def shrink_parameter(m: nn.Module, attr: str, out) -> None:
     setattr(m, attr, nn.Parameter(kept, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else kept)
 
 
-@torch.no_grad()
 def mask_parameter(m: nn.Module, attr: str, out) -> None:
     """Zero, in place, the entries of `m.<attr>` along its channel dim that keeping `out` drops."""
     t = getattr(m, attr)
-    d = channel_dim(t.shape)
-    drop = torch.ones(t.shape[d], dtype=torch.bool, device=t.device)
-    drop[torch.as_tensor(out, dtype=torch.long, device=t.device)] = False
-    t.index_fill_(d, drop.nonzero().flatten(), 0)
+    zero_dropped(t, channel_dim(t.shape), out)
 
 
 def parameter_shape_after(t: torch.Tensor, out) -> tuple:
