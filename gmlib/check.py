@@ -5,16 +5,14 @@ Step 7 of 9, one filter from its score to its removal (README, Layout): the cut 
 with the filter zeroed.
 
 `masked(model, kept)` takes kept indices by module or tensor name: `prune` passes those it cuts by, `gmlib.verify`
-the survivors it found by value. `Check` is the self-check: built before the surgery on a float64 masked twin, run in
-eval and train mode, then the twin is cut by the same indices and run again; beyond `TOLERANCE` pruning is refused
-and `first_difference` names the first module where the outputs part.
+the survivors it found by value. `Check` is the self-check: built before the surgery on a float64 masked copy, run
+in eval and train mode; after the surgery the network `prune` returns (a float64 copy of it) runs in both modes, and
+beyond `TOLERANCE` pruning is refused and `first_difference` names the first module where the outputs part.
 """
-import copy
-
 import torch
 from torch import nn
 
-from .shrink import apply_kept, mask_kept
+from .shrink import mask_kept
 from .transaction import copy_as
 
 __all__ = ["NotExactError", "Check", "masked", "outputs", "relative_error", "flat_outputs", "first_difference",
@@ -110,23 +108,24 @@ def _batch_of_two(inputs):
 
 
 class Check:
-    """Built before the surgery on the unpruned model; `failure()` after it says whether the shrunk twin differs."""
+    """Built before the surgery on the unpruned model: the outputs of its masked copy. `failure(pruned)` after the
+    surgery runs the very network `prune` returns (a copy of it, cast to the check's precision) against them."""
 
     def __init__(self, model: nn.Module, inputs: tuple, kept: dict, output_kept=None):
         """`output_kept`: per returned tensor, the channels (dim 1) the pruned network still returns (None: all)."""
-        self.kept, self.output_kept = kept, output_kept
+        self.candidate = None
         try:
-            self.twin, self.inputs, self.dtype = masked(model, kept, torch.float64), _cast(inputs, torch.float64), \
-                torch.float64
-            self.reference = {"eval": outputs(self.twin, self.inputs, "eval")}
+            self.cast = self.dtype = torch.float64
+            self.masked, self.inputs = masked(model, kept, torch.float64), _cast(inputs, torch.float64)
+            self.reference = {"eval": outputs(self.masked, self.inputs, "eval")}
         except Exception:  # noqa: BLE001 - an op without float64 support: check in the model's own precision
-            self.twin, self.inputs = masked(model, kept), inputs
+            self.cast, self.masked, self.inputs = None, masked(model, kept), inputs
             self.dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-            self.reference = {"eval": outputs(self.twin, self.inputs, "eval")}
-        buffers = [(b, b.clone()) for b in self.twin.buffers()]
+            self.reference = {"eval": outputs(self.masked, self.inputs, "eval")}
+        buffers = [(b, b.clone()) for b in self.masked.buffers()]
         for x in (self.inputs, _batch_of_two(self.inputs)):  # train-mode BatchNorm needs two values per channel
             try:
-                self.reference["train"] = outputs(self.twin, x, "train")
+                self.reference["train"] = outputs(self.masked, x, "train")
                 self.train_inputs = x
                 break
             except Exception:  # noqa: BLE001 - a network that does not run in train mode is checked in eval only
@@ -137,34 +136,33 @@ class Check:
             self.reference = {mode: _select_outputs(ref, output_kept) for mode, ref in self.reference.items()}
 
     def failure(self, pruned: nn.Module):
-        """None when exact, else (mode, relative error): the twin shrunk like `pruned` against the masked one."""
-        apply_kept(self.twin, self.kept)
-        shapes = {k: v.shape for k, v in self.twin.state_dict().items()}
-        if shapes != {k: v.shape for k, v in pruned.state_dict().items()}:
-            return "eval", float("inf")  # the model's surgery did not do what the twin's did (pragma: defensive)
+        """None when `pruned` (the surgery's result) computes what the masked original does, else (mode, relative
+        error). It runs on a copy, so that its forwards leave the model's running statistics alone."""
+        self.candidate = copy_as(pruned, self.cast)
         for mode, ref in self.reference.items():
             x = self.inputs if mode == "eval" else self.train_inputs
             try:
-                out = outputs(self.twin, x, mode)
+                out = outputs(self.candidate, x, mode)
             except Exception:  # noqa: BLE001 - the pruned network does not run: certainly not exact
                 return mode, float("inf")
             error = relative_error(ref, out)
             if error > _tolerance(self.dtype, mode) \
-                    and not (mode == "train" and relative_error(out, outputs(self.twin, x, mode, seed=1))):
+                    and not (mode == "train" and relative_error(out, outputs(self.candidate, x, mode, seed=1))):
                 return mode, error
         return None
 
+    def first_difference(self, mode: str, channels) -> str:
+        """After a `failure` in `mode`: the first module (in call order) whose output differs between the masked
+        original and the pruned network. `channels(name)`: the kept indices along dim 1 of that module's output
+        (None: unknown or all)."""
+        return first_difference(self.masked, self.candidate, self.inputs, channels, mode, self.dtype)
+
 
 @torch.no_grad()
-def first_difference(model: nn.Module, inputs: tuple, kept: dict, channels, mode: str, dtype) -> str:
-    """The first module (in call order) whose output differs between the masked and the shrunk twin of `model`.
-
-    `channels(name)` gives the kept indices along dim 1 of that module's output (None: unknown or all).
-    """
-    reference = masked(model, kept, dtype)
-    pruned = copy.deepcopy(reference)
-    apply_kept(pruned, kept)
-    x = _cast(inputs, dtype)
+def first_difference(reference: nn.Module, pruned: nn.Module, inputs: tuple, channels, mode: str, dtype) -> str:
+    """The first module (in call order) whose output differs between `reference` (the masked original) and
+    `pruned`, run on `inputs` in `mode`; `channels(name)` gives the kept indices along dim 1 of a module's output."""
+    x = inputs
     if mode == "train":
         try:
             outputs(reference, x, mode)
@@ -186,7 +184,7 @@ def first_difference(model: nn.Module, inputs: tuple, kept: dict, channels, mode
             for h in handles:
                 h.remove()
         recorded.append(seen)
-    modules = dict(model.named_modules())
+    modules = dict(reference.named_modules())
     for name, ref in recorded[0].items():
         out, idx = recorded[1].get(name), channels(name)
         if idx is not None and ref.dim() >= 2:

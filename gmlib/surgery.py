@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .check import Check, NotExactError, first_difference
+from .check import Check, NotExactError
 from .complexity import tally
 from .planning import POLICIES, CouplingSet, LayerChange, Plan, layers_frame, plan
 from .shrink import apply_kept, kept_of, mask_kept, mask_pruned, remember, shrink_module
@@ -157,7 +157,7 @@ def apply(model: nn.Module, plan: Plan, *, verify: bool = True, example_inputs=N
             after = None if failure else tally(model, size, macs_before is not None)
         if failure:
             snapshot.restore()
-            where = first_difference(model, inputs, kept, plan.output_channels, failure[0], check.dtype)
+            where = check.first_difference(failure[0], plan.output_channels)
             raise NotExactError(
                 f"pruning {type(model).__name__} at rate {plan.rate!r} would change what it computes: in {failure[0]} "
                 f"mode its output differs from the original with the removed channels zeroed by {failure[1]:.1e} "

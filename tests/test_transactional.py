@@ -81,6 +81,23 @@ def test_a_wrong_pruning_is_refused_and_the_model_restored(wrong_rule, dtype):
     assert check_exact(reference, model.double(), X.double()) > 1e-3
 
 
+def test_the_check_judges_the_model_that_is_returned(monkeypatch):
+    """A surgery that cuts the user's model other than by the plan (here it also scales one kept filter) is refused:
+    the check runs the network prune returns, not a twin cut by the plan's indices."""
+    model, _ = user_model(torch.float32)
+    before = state(model)
+    real = gmlib.surgery.apply_kept
+
+    def cuts_then_scales(m, kept):
+        real(m, kept)
+        with torch.no_grad():
+            m.b.weight[0] *= 2
+    monkeypatch.setattr(gmlib.surgery, "apply_kept", cuts_then_scales)
+    with pytest.raises(NotExactError, match=r"first part at module 'b' \(Conv2d\)"):
+        gmlib.prune(model, X, 0.5)
+    assert_unchanged(model, before)
+
+
 def test_a_failure_half_way_through_the_surgery_restores_the_model(monkeypatch):
     model, _ = user_model(torch.float32)
     before = state(model)
