@@ -23,7 +23,7 @@ from .planning import Plan, estimate_macs, plan
 from .surgery import apply
 from .transaction import copy_as, guarded
 
-__all__ = ["allocate", "sensitivity", "Allocation", "TARGETS", "METHODS"]
+__all__ = ["allocate", "sensitivity", "table_rows", "table_from_rows", "Allocation", "TARGETS", "METHODS"]
 
 TARGETS = ("macs", "params", "latency")
 METHODS = ("sensitivity", "uniform", "random")
@@ -220,6 +220,23 @@ def sensitivity(model: nn.Module, example_inputs, evaluate, *, recalibrate=None,
                          "monotone_drop": running})
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     table.attrs["baseline_score"] = score0
+    return table
+
+
+def table_rows(table: pd.DataFrame) -> list:
+    """A sensitivity table as JSON rows (a store record's "rows"): plain values, a rate that empties its set (an
+    infinite drop) as None, since JSON has no infinity."""
+    return [{k: (None if v == float("inf") else v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+            for row in table.to_dict("records")]
+
+
+def table_from_rows(rows: list, baseline_score: float) -> pd.DataFrame:
+    """The inverse of `table_rows`: the table in TABLE_COLUMNS order, None drops back to infinity, the baseline's
+    score in attrs."""
+    table = pd.DataFrame(rows)[TABLE_COLUMNS]  # a store sorts a row's keys
+    for column in ("drop", "monotone_drop"):
+        table[column] = table[column].astype(float).fillna(float("inf"))
+    table.attrs["baseline_score"] = baseline_score
     return table
 
 

@@ -19,13 +19,13 @@ from torch.utils.data import DataLoader
 
 from . import export
 from . import pretrained as weights
-from .allocation import TABLE_COLUMNS, allocate, sensitivity
+from .allocation import allocate, sensitivity, table_from_rows, table_rows
 from .latency import measure
 from .complexity import count
 from .classify import agreement, balanced_class_weights, class_probabilities, classifier_scores, fit_classifier
 from .data.elpv import PROBABILITIES, ElpvDataset, elpv_split, load_elpv
 from .recalibrate import recalibrate_bn
-from .store import Store, frame_rows
+from .store import Store, fp16_state
 from .surgery import prune
 from .utils import default_device
 
@@ -67,6 +67,7 @@ class ElpvBaseline:
     seconds: float
     macs: int
     params: int
+    probabilities: dict = dataclasses.field(default_factory=dict)  # split -> its outputs, the reference of agreement
 
 
 def fresh_init(model: nn.Module, seed: int) -> nn.Module:
@@ -171,10 +172,9 @@ class ElpvStudy:
         return out
 
     def _reference(self, base: ElpvBaseline, split: str) -> torch.Tensor:
-        cache = base.__dict__.setdefault("_probs", {})
-        if split not in cache:
-            cache[split] = self.probabilities(base.model, split)
-        return cache[split]
+        if split not in base.probabilities:
+            base.probabilities[split] = self.probabilities(base.model, split)
+        return base.probabilities[split]
 
     # ------------------------------------------------------------------------------------------------ baselines
     def baseline_config(self, **overrides) -> dict:
@@ -211,8 +211,7 @@ class ElpvStudy:
             resume.parent.mkdir(parents=True, exist_ok=True)
             history = self.fit(model, recipe.epochs, recipe.lr, recipe.seed, validate=True, resume=resume)
             seconds = float(history["seconds"].sum())  # training only, over every (resumed) run
-            half = {k: v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu()
-                    for k, v in model.state_dict().items()}
+            half = fp16_state(model)
             model.load_state_dict(half)
             return {**self._both(model, ""), "history": history.to_dict("records"), "train_seconds": seconds}, half
 
@@ -317,14 +316,9 @@ class ElpvStudy:
             table = sensitivity(base.model, self.example_input(), lambda m: -self.scores(m, "val")["loss"],
                                 recalibrate=self.recalibrate, rates=rates, cache=cache, progress=self.progress,
                                 criterion=criterion)
-            rows = [{k: (None if v == float("inf") else v) for k, v in row.items()} for row in frame_rows(table)]
-            return {"rows": rows, "baseline_score": table.attrs["baseline_score"]}
+            return {"rows": table_rows(table), "baseline_score": table.attrs["baseline_score"]}
         record = self.store.fetch("elpv_sensitivity", config, compute)
-        table = pd.DataFrame(record.result["rows"])[TABLE_COLUMNS]
-        for column in ("drop", "monotone_drop"):  # JSON has no infinity: a rate that empties a set is None
-            table[column] = table[column].astype(float).fillna(float("inf"))
-        table.attrs["baseline_score"] = record.result["baseline_score"]
-        return table
+        return table_from_rows(record.result["rows"], record.result["baseline_score"])
 
     def allocated_point(self, method: str, cut: float, *, seed: int = 0, criterion: str = "fpgm",
                         compute: bool = True) -> dict | None:

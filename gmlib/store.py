@@ -20,7 +20,8 @@ from safetensors.torch import save as save_tensors
 
 from .utils import atomic_open, environment
 
-__all__ = ["VERSIONS", "Store", "Record", "StoreError", "MissingRecord", "record_key", "READONLY_ENV", "frame_rows",
+__all__ = ["VERSIONS", "Store", "Record", "StoreError", "MissingRecord", "record_key", "READONLY_ENV", "fp16_state",
+           "frame_rows",
            "record_frame"]
 
 # One version per experiment kind: what a record of that kind holds and how it is computed. A change of the code an
@@ -206,6 +207,13 @@ class Store:
                 if not weights.with_suffix(".json").is_file():
                     found.append(f"{weights}: weights without a record")
         return found
+
+
+def fp16_state(model) -> dict:
+    """The state dict with floating tensors rounded to fp16 on the CPU: half the bytes in the store, and the weights
+    every experiment then starts from (so a fresh clone computes on exactly what the store holds)."""
+    return {k: v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu()
+            for k, v in model.state_dict().items()}
 
 
 def frame_rows(frame) -> list:

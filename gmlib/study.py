@@ -23,12 +23,12 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 from tqdm.auto import tqdm
 
 from . import data, metrics, models, train
-from .allocation import TABLE_COLUMNS, allocate, sensitivity
+from .allocation import allocate, sensitivity, table_from_rows, table_rows
 from .graph import analyse
 from .recalibrate import recalibrate_bn
 from .schedule import iterative, prune_and_score, scalars
 from .pretrained import file_sha256
-from .store import Store, frame_rows
+from .store import Store, fp16_state
 from .shrink import apply_kept, kept_of, remember
 from .surgery import prune
 from .utils import default_device
@@ -378,7 +378,7 @@ class Study:
     def finish_baseline(self, model: nn.Module, history: pd.DataFrame, seconds: float):
         """(result, fp16 weights) of a trained baseline: the weights rounded to fp16 once (what every chapter then
         uses), the post-processing tuned on the validation strips, scores on validation and test."""
-        half = _rounded(model)
+        half = fp16_state(model)
         model = self._load_weights(model, half).eval()
         post = self.tune_postprocess(model)
         rows = _history_rows(history)
@@ -503,7 +503,7 @@ class Study:
                 start = time.perf_counter()
                 history = self.fit(model, seed=100 + seed)
                 return ({"history": _history_rows(history), "train_seconds": time.perf_counter() - start},
-                        _rounded(model))
+                        fp16_state(model))
             trained = self.store.fetch("scratch", arch, train_scratch)
 
             def compute():
@@ -538,14 +538,9 @@ class Study:
             table = sensitivity(base.model, self.example_input(), evaluate, recalibrate=self.recalibrate,
                                 rates=rates, cache=cache, progress=self.progress, criterion=criterion,
                                 policy=policy, **self.prune_kwargs(criterion, base.model))
-            rows = [{k: (None if v == float("inf") else v) for k, v in row.items()} for row in frame_rows(table)]
-            return {"rows": rows, "baseline_score": table.attrs["baseline_score"]}
+            return {"rows": table_rows(table), "baseline_score": table.attrs["baseline_score"]}
         record = self.store.fetch("sensitivity", config, compute)
-        table = pd.DataFrame(record.result["rows"])[TABLE_COLUMNS]  # the store sorts a row's keys
-        for column in ("drop", "monotone_drop"):  # JSON has no infinity: a rate that empties a set is None
-            table[column] = table[column].astype(float).fillna(float("inf"))
-        table.attrs["baseline_score"] = record.result["baseline_score"]
-        return table
+        return table_from_rows(record.result["rows"], record.result["baseline_score"])
 
     def allocation(self, method: str, cut: float, *, criterion: str = "fpgm", policy: str = "or-merge",
                    seed: int = 0) -> dict:
@@ -645,13 +640,6 @@ def _file_sha256(path) -> str:
     if not path.is_file():
         raise FileNotFoundError(f"pretrained weights {str(path)!r} not found (BaselineConfig.pretrained)")
     return file_sha256(path)
-
-
-def _rounded(model: nn.Module) -> dict:
-    """The state dict with floating tensors rounded to fp16: half the bytes in the store, and the weights every
-    experiment then starts from (so a fresh clone computes on exactly what the store holds)."""
-    return {k: v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu()
-            for k, v in model.state_dict().items()}
 
 
 def _history_rows(frame: pd.DataFrame) -> list:

@@ -339,7 +339,7 @@ def test_chapter_13s_tables_read_the_store_and_call_by_the_rule(tmp_path, monkey
     assert "Not answered yet: 0 of" in elpv_tables.pending(found, "budgets")
     answer = elpv_tables.answer_markdown(found)
     planned = len(planned_points(study, "budgets"))
-    assert "**Is 10-30 % nearly lossless?**" in answer and f"0 of {planned} points of the `budgets` stage" in answer
+    assert "**Real cells: is 10-30 % nearly lossless?**" in answer and f"0 of {planned} points of the `budgets` stage" in answer
 
     # the later stages: inherited against fresh weights, and the criteria on the random-init baseline
     for key, value in {"budget_rates": (0.3,), "budget_epochs": (2,), "budget_seeds": 2, "scratch_rates": (0.3,),
