@@ -28,7 +28,7 @@ from .rules import rule_for
 from .shrink import apply_kept, counted
 from .transaction import copy_as, guarded
 
-__all__ = ["plan", "Plan", "CouplingSet", "LayerChange", "POLICIES", "estimate_macs"]
+__all__ = ["plan", "Plan", "CouplingSet", "LayerChange", "POLICIES", "estimate_macs", "summary_line"]
 
 POLICIES = ("or-merge", "coupled")
 GLOBAL_CRITERIA = ("l1", "l2", "bn")  # scores that compare across layers (see plan's global_ranking)
@@ -107,19 +107,21 @@ class Plan:
     def layers_frame(self) -> pd.DataFrame:
         return layers_frame(self.layers)
 
+    @property
+    def frozen_reason(self) -> str:
+        """One line: the largest frozen share and its reason ('' when everything was prunable)."""
+        if not self.frozen:
+            return ""
+        reason, share = max(self.frozen.items(), key=lambda kv: kv[1])
+        return f"{100 * share:.1f}% of conv output channels kept because: {reason}"
+
     def summary(self) -> str:
-        s = f"plan(rate={self.rate!r}, criterion={self.criterion!r}, policy={self.policy!r}): "
-        pruned = sum(1 for c in self.sets if c.kept < c.size)
-        s += f"{pruned} of {len(self.sets)} coupling sets lose channels"
-        if self.params_after is not None:
-            s += f"; params {self.params_before:,} -> {self.params_after:,}"
-        if self.macs_after is not None:
-            s += f", MACs@{self.input_size} {self.macs_before:,} -> {self.macs_after:,}"
-        return s
+        return summary_line("plan", self, self.params_after, self.macs_before, self.macs_after)
 
     def __str__(self):
-        return "\n".join([self.summary(), self.sets_frame().to_string(index=False),
-                          *[f"warning: {w}" for w in self.warnings]])
+        pruned = sum(1 for c in self.sets if c.kept < c.size)
+        return "\n".join([self.summary(), f"{pruned} of {len(self.sets)} coupling sets lose channels:",
+                          self.sets_frame().to_string(index=False), *[f"warning: {w}" for w in self.warnings]])
 
     __repr__ = __str__
 
@@ -172,6 +174,27 @@ class Plan:
                 found = "absent" if name not in shapes else f"of shape {shapes[name]}"
                 raise ValueError(f"the plan does not fit this model: its parameter {name!r} is {found}, the plan "
                                  f"was made for shape {tuple(shape)} (a plan applies once, to the model it was made on)")
+
+
+def summary_line(verb: str, plan: Plan, params_after, macs_before, macs_after) -> str:
+    """The one line of a plan ("plan") or of a pruning's report ("prune"): the call, the params and MACs before ->
+    after with the change in percent (each where counted), the coverage and the largest frozen share's reason."""
+    s = f"{verb}(rate={plan.rate!r}, criterion={plan.criterion!r}, policy={plan.policy!r}): "
+    s += f"params {plan.params_before:,}" + _after(plan.params_before, params_after)
+    if macs_before is not None:
+        s += f", MACs@{plan.input_size} {macs_before:,}" + _after(macs_before, macs_after)
+    if plan.coverage is not None:
+        s += f"; coverage {100 * plan.coverage:.1f}%"
+        if plan.frozen:
+            s += f" ({plan.frozen_reason})"
+    return s
+
+
+def _after(before, after):
+    """' -> after (change in percent)', or '' when `after` was not counted."""
+    if after is None:
+        return ""
+    return f" -> {after:,} ({-(100.0 * (1 - after / before)) if before else float('nan'):+.2f}%)"
 
 
 def layers_frame(layers) -> pd.DataFrame:

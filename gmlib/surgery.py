@@ -17,7 +17,7 @@ from torch import nn
 
 from .check import Check, NotExactError
 from .complexity import tally
-from .planning import POLICIES, CouplingSet, LayerChange, Plan, layers_frame, plan
+from .planning import POLICIES, CouplingSet, LayerChange, Plan, layers_frame, plan, summary_line
 from .shrink import apply_kept, kept_of, mask_kept, mask_pruned, remember, shrink_module
 from .transaction import Snapshot, guard
 
@@ -49,6 +49,7 @@ class PruneReport:
     warnings = property(lambda self: self.plan.warnings)
     coverage = property(lambda self: self.plan.coverage)  # share of conv output channels in prunable coupling sets
     frozen = property(lambda self: self.plan.frozen)  # why the rest is kept: reason -> share of conv output channels
+    frozen_reason = property(lambda self: self.plan.frozen_reason)  # the largest frozen share and its reason
 
     @property
     def params_reduction(self) -> float:
@@ -60,27 +61,11 @@ class PruneReport:
         """Percent of multiply-accumulates removed (at `input_size`)."""
         return 100.0 * (1 - self.macs_after / self.macs_before) if self.macs_before else float("nan")
 
-    @property
-    def frozen_reason(self) -> str:
-        """One line: the largest frozen share and its reason ('' when everything was prunable)."""
-        if not self.frozen:
-            return ""
-        reason, share = max(self.frozen.items(), key=lambda kv: kv[1])
-        return f"{100 * share:.1f}% of conv output channels kept because: {reason}"
-
     def to_frame(self) -> pd.DataFrame:
         return layers_frame(self.layers)
 
     def summary(self) -> str:
-        s = f"prune(rate={self.rate!r}, criterion={self.criterion!r}, policy={self.policy!r})"
-        s += f": params {self.params_before:,} -> {self.params_after:,} ({-self.params_reduction:+.2f}%)"
-        if self.macs_before is not None:
-            s += f", MACs@{self.input_size} {self.macs_before:,} -> {self.macs_after:,} ({-self.macs_reduction:+.2f}%)"
-        if self.coverage is not None:
-            s += f"; coverage {100 * self.coverage:.1f}%"
-            if self.frozen:
-                s += f" ({self.frozen_reason})"
-        return s
+        return summary_line("prune", self.plan, self.params_after, self.macs_before, self.macs_after)
 
     def __str__(self):
         df = self.to_frame()
