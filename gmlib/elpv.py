@@ -259,13 +259,16 @@ class ElpvStudy:
         test, with each one's agreement with the baseline (what the criterion kept of its function). Stored;
         `compute=False` returns None instead of computing a missing point."""
         base = self.baseline(pretrained=pretrained)
+        return self._fetch("elpv_pruned", self._point_config(base, criterion, rate, seed),
+                           lambda: self.pruned_scores(criterion, rate, seed=seed, pretrained=pretrained), compute)
 
-        def work():
-            model, sizes = self._pruned(base, criterion, rate, seed)
-            out = {**sizes, **self._both(model, "_before", base)}
-            self.recalibrate(model)
-            return {**out, **self._both(model, "_recal", base)}
-        return self._fetch("elpv_pruned", self._point_config(base, criterion, rate, seed), work, compute)
+    def pruned_scores(self, criterion: str, rate: float, *, seed: int = 0, pretrained: bool = True) -> dict:
+        """What `pruned_point` stores, computed now and written nowhere (the store's reproducibility test)."""
+        base = self.baseline(pretrained=pretrained)
+        model, sizes = self._pruned(base, criterion, rate, seed)
+        out = {**sizes, **self._both(model, "_before", base)}
+        self.recalibrate(model)
+        return {**out, **self._both(model, "_recal", base)}
 
     def finetuned_point(self, criterion: str, rate: float, *, seed: int = 0, epochs: int = 2, lr: float = 3e-4,
                         pretrained: bool = True, compute: bool = True) -> dict | None:

@@ -132,6 +132,23 @@ def test_one_committed_record_is_reproduced_by_the_code(tmp_path):
         assert abs(now[key] - stored[key]) <= 0.005, (key, now[key], stored[key])
 
 
+def test_one_committed_real_data_record_is_reproduced_by_the_code():
+    """The same for the real-data arm: FPGM at 10 % of the committed pretrained MobileNetV2 on ELPV, pruned and scored
+    now (written nowhere), against the stored point: sizes exactly; scores within 0.01 (the balanced-accuracy
+    margin: another CPU's rounding may flip a cell or two near the threshold, each worth 0.1-0.25 points)."""
+    from gmlib.elpv import ElpvStudy
+
+    study = ElpvStudy(COMMITTED, device="cpu", progress=False)
+    study.store.readonly = True
+    stored = study.pruned_point("fpgm", 0.1, compute=False)
+    assert stored is not None, "the store lacks the real-data arm's FPGM point at 10 %"
+    now = study.pruned_scores("fpgm", 0.1)
+    assert (now["params"], now["macs"]) == (stored["params"], stored["macs"])
+    for key in ("test_balanced_accuracy_before", "test_balanced_accuracy_recal", "test_agree_binary_recal",
+                "val_loss_recal"):
+        assert abs(now[key] - stored[key]) <= 0.01, (key, now[key], stored[key])
+
+
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("network", ["smp Unet", "smp PSPNet"])  # PSPNet: most of its encoder never runs
 def test_the_committed_segmentation_table_is_reproduced_by_the_code(network):
