@@ -10,18 +10,52 @@ for both of gmlib's residual policies next to the paper's -48.43 % / -48.81 % (N
 Timed side by side in the same rounds: verify=False (goal: at most 0.25 of Torch-Pruning's time) and verify=True, the
 default (goal: under Torch-Pruning's time), and gmlib.plan with its params and MACs after (what prune would do, the
 model untouched; goal: at most prune's default time).
+`--base REV` instead times this checkout against commit REV, side by side: rounds alternate a fresh interpreter on
+each tree (which goes first alternates too), each timing gmlib.prune (verify=False, the default, MACs counted) and
+gmlib.plan once after a warm-up; the ratio is this checkout / REV per round, and its median.
 Needs the bench extra: pip install -e '.[bench]'.
 """
 import argparse
 import copy
+import json
 import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
 import gmlib
 
 PAPER = {"params": -48.43, "macs": -48.81}  # He et al. FPGM on ResNet50 at 40 %, as quoted by Hao et al. 2022
+ROOT = Path(__file__).resolve().parents[1]
+
+# one round in a fresh interpreter on one tree; argv: tree, threads, seed. Prints {method: seconds}.
+CHILD = """
+import json, sys, time, torch
+tree, threads, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+sys.path.insert(0, tree)
+import gmlib
+assert gmlib.__file__.startswith(tree), gmlib.__file__
+gmlib.set_deterministic(0, threads=threads)
+x = torch.randn(1, 3, 64, 64)
+fns = {"prune, verify=False": lambda m: gmlib.prune(m, x, 0.4, count_macs=False, verify=False),
+       "prune, verify=True": lambda m: gmlib.prune(m, x, 0.4, count_macs=False),
+       "prune, defaults": lambda m: gmlib.prune(m, x, 0.4),
+       "plan, defaults": lambda m: gmlib.plan(m, x, 0.4)}
+times = {}
+for timed in (False, True):
+    for name, fn in fns.items():
+        model = gmlib.models.create("resnet50", seed=seed).eval()
+        start = time.perf_counter()
+        fn(model)
+        if timed:
+            times[name] = time.perf_counter() - start
+print(json.dumps(times))
+"""
 
 
 def time_rounds(fns, repeats, against="tp", network="resnet50"):
@@ -60,9 +94,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (medians reported)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: robust on a shared machine)")
+    parser.add_argument("--base", help="time this checkout against this commit instead (ratios this / base)")
     parser.add_argument("--segmentation", action="store_true",
                         help="only plan against prune on FPN-ResNeSt50 at 1x3x256x1600 (minutes per round on a CPU)")
     args = parser.parse_args()
+    if args.base:
+        return against_base(args.base, args.repeats, args.threads)
     gmlib.set_deterministic(0, threads=args.threads)
     if args.segmentation:
         return plan_on_fpn(args.repeats, args.threads)
@@ -95,6 +132,32 @@ def main():
     params, macs = gmlib.count(pruned_tp, (3, 64, 64))
     print(f"  {'Torch-Pruning (grouped)':28s}{100 * (params / base[0] - 1):10.2f}{100 * (macs / base[1] - 1):10.2f}")
     candidate_macs(x, args.repeats)
+
+
+def against_base(rev, repeats, threads):
+    """Median seconds per method at this checkout and at commit `rev`, and the median of the per-round ratios."""
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(["git", "-C", str(ROOT), "archive", "-o", f"{tmp}/tree.tar", rev, "gmlib"], check=True)
+        with tarfile.open(f"{tmp}/tree.tar") as tar:
+            tar.extractall(f"{tmp}/base", filter="data")
+        trees = {"this": str(ROOT), "base": f"{tmp}/base"}
+        rounds = []
+        for r in range(repeats):
+            order = ("this", "base") if r % 2 == 0 else ("base", "this")
+            rounds.append({name: _child(trees[name], threads, r) for name in order})
+    print(f"ResNet50, 40 % FPGM: this checkout against {rev} (median of {repeats} alternating rounds, each a fresh "
+          f"interpreter per tree, {threads} threads)")
+    print(f"  {'':24s}{'this s':>9s}{'base s':>9s}{'this/base':>11s}")
+    for method in rounds[0]["this"]:
+        this, base = ([r[t][method] for r in rounds] for t in ("this", "base"))
+        ratio = statistics.median(a / b for a, b in zip(this, base))
+        print(f"  {method:24s}{statistics.median(this):9.3f}{statistics.median(base):9.3f}{ratio:11.3f}")
+
+
+def _child(tree, threads, seed):
+    out = subprocess.run([sys.executable, "-c", CHILD, tree, str(threads), str(seed)], check=True,
+                         capture_output=True, text=True, cwd=tree).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def plan_on_fpn(repeats, threads):
