@@ -129,7 +129,7 @@ class ElpvStudy:
         self.outputs = HEADS[self.recipe.head]
         self.class_weights = balanced_class_weights((labels >= 2).astype(int), 2) if self.outputs == 1 else \
             balanced_class_weights(labels, N_GRADES)
-        self._baselines = {}
+        self._baselines, self._identity = {}, None
         self.seg_data_dir, self.results_dir, self.seg_profile, self._seg = seg_data_dir, results_dir, seg_profile, {}
 
     # ------------------------------------------------------------------------------------------------ data
@@ -149,7 +149,9 @@ class ElpvStudy:
         return torch.zeros(1, 3, self.recipe.size, self.recipe.size, device=self.device)
 
     def data_identity(self) -> dict:
-        return {"elpv": self.data.fingerprint(), "cells": len(self.data.classes)}
+        if self._identity is None:  # hashed once: every record's key holds it
+            self._identity = {"elpv": self.data.fingerprint(), "cells": len(self.data.classes)}
+        return dict(self._identity)
 
     # ------------------------------------------------------------------------------------------------ scoring
     def probabilities(self, model: nn.Module, split: str) -> torch.Tensor:
@@ -219,16 +221,26 @@ class ElpvStudy:
         resume = Path(self.results_dir) / "training" / f"elpv-{key}.pt"
         record = self.store.fetch("elpv_baseline", config, compute)
         resume.unlink(missing_ok=True)
-        model = weights.mobilenet_v2(HEADS[recipe.head], pretrained=False)
-        model.load_state_dict(record.tensors())
-        model = model.to(self.device).eval()
-        params, macs = count(model, (3, recipe.size, recipe.size))
-        r = record.result
-        base = ElpvBaseline(model, {k[4:]: v for k, v in r.items() if k.startswith("val_")},
-                            {k[5:]: v for k, v in r.items() if k.startswith("test_")},
-                            pd.DataFrame(r["history"]), record.key, r["train_seconds"], macs, params)
+        base = self._from_record(record, recipe)
+        base.model.load_state_dict(record.tensors())
+        base.model = base.model.to(self.device).eval()
         self._baselines[key] = base
         return base
+
+    def baseline_scores(self, **overrides) -> ElpvBaseline | None:
+        """A stored baseline's scores, curve, time and size with its untrained network, neither its weights nor its
+        cells read (None when it is not stored): what the choices stage compares at another head or resolution."""
+        record = self.store.get("elpv_baseline", self.baseline_config(**overrides))
+        return None if record is None else self._from_record(record, dataclasses.replace(self.recipe, **overrides))
+
+    @staticmethod
+    def _from_record(record, recipe: ElpvRecipe) -> ElpvBaseline:
+        model = weights.mobilenet_v2(HEADS[recipe.head], pretrained=False).eval()
+        params, macs = count(model, (3, recipe.size, recipe.size))
+        r = record.result
+        return ElpvBaseline(model, {k[4:]: v for k, v in r.items() if k.startswith("val_")},
+                            {k[5:]: v for k, v in r.items() if k.startswith("test_")},
+                            pd.DataFrame(r["history"]), record.key, r["train_seconds"], macs, params)
 
     # ------------------------------------------------------------------------------------------------ pruning
     def recalibrate(self, model: nn.Module) -> nn.Module:
@@ -425,9 +437,7 @@ class ElpvStudy:
         if not compute and point["kind"] != "baseline" and self.baseline_missing(pretrained=needs):
             return None
         if point["kind"] == "baseline":
-            if not compute and self.baseline_missing(**args):
-                return None
-            return self.baseline(**args)
+            return self.baseline(**args) if compute else self.baseline_scores(**args)
         method = {"pruned": self.pruned_point, "finetuned": self.finetuned_point, "fresh": self.fresh_point,
                   "allocated": self.allocated_point, "deployment": self.deployment}
         if point["kind"] not in method:
@@ -495,10 +505,10 @@ def chosen_setup(study: "ElpvStudy") -> dict | None:
     than `margin` (a point of balanced accuracy: what it costs must buy something)."""
     scores = {}
     for point in planned_points(study, "choices"):
-        args = {k: v for k, v in point.items() if k != "kind"}
-        if study.baseline_missing(**args):
+        stored = study.baseline_scores(**{k: v for k, v in point.items() if k != "kind"})
+        if stored is None:
             return None
-        scores[point["head"], point["size"]] = study.baseline(**args).val["balanced_accuracy"]
+        scores[point["head"], point["size"]] = stored.val["balanced_accuracy"]
     first = DESIGN["resolutions"][0]
     head = max(DESIGN["heads"], key=lambda h: scores[h, first])
     size = first

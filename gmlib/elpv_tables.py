@@ -76,10 +76,9 @@ def choices(study: ElpvStudy) -> pd.DataFrame:
     resolution: validation (which chooses) and test scores, MACs and training seconds per epoch."""
     rows = []
     for point in planned_points(study, "choices"):
-        overrides = {k: v for k, v in point.items() if k != "kind"}
-        if study.baseline_missing(**overrides):
+        base = study.baseline_scores(**{k: v for k, v in point.items() if k != "kind"})
+        if base is None:
             continue
-        base = study.baseline(**overrides)
         rows.append({"head": point["head"], "resolution": point["size"],
                      "val balanced accuracy": base.val["balanced_accuracy"],
                      "test balanced accuracy": base.test["balanced_accuracy"], "test accuracy": base.test["accuracy"],
