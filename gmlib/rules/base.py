@@ -96,8 +96,9 @@ class ModuleRule:
 
     Override `analyse` (required); `scores` and `expand` for the producers the rule creates (the defaults treat
     the producer as a conv whose weight rows are the channels); `shrink` and `mask` when the module's tensors are
-    not cut as the built-in rule for its type cuts them. `once`: a second call of the same module is refused (its
-    channels would have to agree twice); `needs_input`: without a tracked input channel layout the module's
+    not cut as the built-in rule for its type cuts them, and with `shrink` its counts, `shapes_after` and
+    `macs_share` (without them a plan measures a cut copy). `once`: a second call of the same module is refused
+    (its channels would have to agree twice); `needs_input`: without a tracked input channel layout the module's
     channels are kept.
     """
     once = True

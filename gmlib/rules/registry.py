@@ -29,7 +29,8 @@ def register_rule(module_type: type, rule: ModuleRule) -> ModuleRule:
         gmlib.prune(model_with_scales, torch.randn(1, 3, 32, 32), 0.3)
 
     A rule that produces channels subclasses `gmlib.rules.ModuleRule` (see its docstring and gmlib.rules.conv):
-    `analyse`, and where the defaults do not fit, `scores`, `expand`, `shrink`, `mask` and `layer`.
+    `analyse`, and where the defaults do not fit, `scores`, `expand`, `shrink` (with `shapes_after` and
+    `macs_share`, what a cut leaves), `mask` and `layer`.
     """
     if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
         raise TypeError(f"module_type must be a subclass of torch.nn.Module, got {module_type!r}")
