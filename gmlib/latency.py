@@ -20,7 +20,7 @@ from .complexity import count
 from .surgery import prune
 from .utils import native_stderr_silenced
 
-__all__ = ["RUNTIMES", "pruned_variants", "measure", "add_speedups", "op_times", "by_kind"]
+__all__ = ["RUNTIMES", "pruned_variants", "runner", "time_rounds", "measure", "add_speedups", "op_times", "by_kind"]
 
 # eager-cl: channels_last memory format; frozen: export.freeze (TorchScript, norms folded, oneDNN weights prepacked);
 # ort-<level>: ONNX Runtime at that graph optimisation level (ort = all); ort-int8: export.quantize_int8, level all
@@ -50,7 +50,7 @@ def pruned_variants(arch: str, rates, policies=("or-merge", "coupled"), round_to
     return variants, pd.DataFrame(rows)
 
 
-def _runner(model, x, runtime, folder, threads, calibration):
+def runner(model, x, runtime, folder, threads, calibration):
     """A no-argument call that runs one forward of `model` on `x` in `runtime`, and its error against eager
     (max relative, NaN where the runtime is eager PyTorch itself). ONNX files are written once per model in `folder`."""
     if runtime == "eager":
@@ -75,7 +75,9 @@ def _runner(model, x, runtime, folder, threads, calibration):
 
 
 @torch.inference_mode()
-def _time(runners, rounds, progress):
+def time_rounds(runners, rounds, progress):
+    """{key: [seconds per round]} of every runner, interleaved round by round after one warm-up round (so a slow
+    spell of the machine falls on every variant alike)."""
     times = {key: [] for key in runners}
     for r in tqdm(range(-1, rounds), desc="rounds", disable=not progress):  # round -1 warms every variant up
         for key, run in runners.items():
@@ -117,9 +119,9 @@ def measure(variants: dict, x: torch.Tensor, runtimes=("eager", "ort"), *, round
         for key, model in variants.items():
             model.eval()
             for runtime in runtimes:
-                runners[key, runtime], errors[key, runtime] = _runner(model, x, runtime, folder, threads,
+                runners[key, runtime], errors[key, runtime] = runner(model, x, runtime, folder, threads,
                                                                       calibration)
-        times = _time(runners, rounds, progress)
+        times = time_rounds(runners, rounds, progress)
     rows = []
     for (key, runtime), t in times.items():
         fields = key if isinstance(key, tuple) else (key,)

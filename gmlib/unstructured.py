@@ -26,7 +26,7 @@ from torch.nn.utils import prune as torch_prune
 
 from . import models
 from .complexity import count
-from .latency import _runner, _time
+from .latency import runner, time_rounds
 from .planning import plan
 from .store import Store
 from .surgery import prune
@@ -146,9 +146,9 @@ def structured_table(store: Store, networks: dict, sparsities, *, runtimes=("eag
             with tempfile.TemporaryDirectory() as folder:  # gmlib.latency's runners and interleaved rounds
                 for key, model in variants.items():
                     for runtime in runtimes:
-                        runners[key, runtime], errors[key, runtime] = _runner(model, x, runtime, folder, threads,
+                        runners[key, runtime], errors[key, runtime] = runner(model, x, runtime, folder, threads,
                                                                               None)
-                times = _time(runners, rounds, progress)
+                times = time_rounds(runners, rounds, progress)
             for (key, runtime), t in times.items():
                 rows.append({**dict(zip(("network", "method", "sparsity"), key)), "runtime": runtime,
                              "ms": 1e3 * statistics.median(t), "ms_min": 1e3 * min(t), "ms_max": 1e3 * max(t),
