@@ -35,6 +35,7 @@ from . import models, data, metrics, train, verify, zoo, export, latency, distri
 from . import palette, diagram, tables
 from . import pretrained, classify, elpv
 from .study import Study
+from .recipe import compress, CompressReport  # the recipe for any network: gmlib.recipe, gmlib.card, python -m gmlib
 
 __all__ = [
     "geometric_median", "distance_sums",
@@ -46,4 +47,5 @@ __all__ = [
     "models", "data", "metrics", "train", "verify", "zoo", "export", "latency", "distributed",
     "palette", "diagram", "tables", "pretrained", "classify", "elpv",
 ]
+__all__ += ["compress", "CompressReport"]
 __version__ = "0.1.0"
