@@ -7,6 +7,7 @@ Every argument is checked before the long work starts, and an error names the ba
 later says what failed (exit status 1). OUT appears only when complete (gmlib.card.write_outputs).
 """
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -55,6 +56,7 @@ def _checked(p, args):
     from .card import check_out
     from .folders import open_data
     from .recipe import parse_budget, parse_target
+    from .tasks import TASK_OF
 
     def check(flag, f, *a, **k):
         try:
@@ -66,6 +68,9 @@ def _checked(p, args):
     check("--out", check_out, args.out, args.overwrite)
     data = check("--data", open_data, args.data, size=args.size, scale=args.scale, batch_size=args.batch_size,
                  val_fraction=args.val_fraction, seed=args.seed)
+    if args.metric and TASK_OF[args.metric] != data.task:
+        p.error(f"argument --metric: {args.metric!r} scores {TASK_OF[args.metric]}, but {args.data} holds "
+                f"{data.task} data")
     model = check("--builder", build, args.builder, data.num_classes)
     if args.weights is not None:
         check("--weights", load_weights, model, args.weights,
@@ -83,6 +88,7 @@ def main(argv=None) -> int:
         pruned, report = compress(model, data, args.target, criterion=args.criterion, method=args.method,
                                   budget=args.budget, lr=args.lr, metric=args.metric, seed=args.seed,
                                   device=args.device, progress=not args.quiet)
+        report = dataclasses.replace(report, weights=args.weights)  # loaded above, where its errors are named
         write_outputs(args.out, pruned, report, data, original=model, builder=args.builder, rounds=args.rounds,
                       threads=args.threads, overwrite=args.overwrite, progress=not args.quiet)
     except Exception as e:  # noqa: BLE001 - say what failed; nothing was written

@@ -56,6 +56,9 @@ def write_outputs(out, model, report, data, *, original=None, builder=None, metr
     out = check_out(out, overwrite)
     spec = builder if builder is not None else report.builder
     rebuild = persist_builder(spec, data.num_classes) if isinstance(spec, str) else spec
+    if rebuild is None and not (getattr(model, "_gmlib_builder", None) or getattr(model, "_gmlib_arch", None)):
+        raise ValueError("write_outputs needs builder= (a builder string or a callable returning the unpruned "
+                         "network) to save a network compress was not given by a builder string")
     score = metric if callable(metric) else tasks.resolve(report.metric, tasks.METRICS, "metric")[1]
     pruned = copy.deepcopy(model).cpu().eval()
     x = data.example_input()
@@ -156,6 +159,7 @@ def _num(v, digits=4) -> str:
 def markdown(card: dict) -> str:
     """The card as Markdown: what was asked, the scores at each stage, sizes, latency, files, what was kept."""
     lines = [f"# Compressed: {card.get('builder') or 'a network'} ({card['task']})", "",
+             f"Weights `{card.get('weights') or 'as given'}`, data `{card.get('data') or 'as given'}`.", "",
              f"Target `{card['target']}` ({card['method']} allocation, criterion `{card['criterion']}`), "
              f"fine-tuned {card['steps']} steps at lr {card['lr']:g}. Scores: {card['metric']} on the validation "
              f"images, input {tuple(card['input_size'])}.", "",

@@ -26,7 +26,7 @@ from .recalibrate import recalibrate_bn
 from .surgery import apply
 from .utils import default_device
 
-__all__ = ["compress", "CompressReport", "Target", "parse_target", "parse_budget"]
+__all__ = ["compress", "CompressReport", "Target", "parse_target", "parse_budget", "METHODS"]
 
 METHODS = ("sensitivity", "uniform", "random")  # gmlib.allocate's
 
@@ -86,6 +86,8 @@ class CompressReport:
     """What `compress` did. Scores are `metric` on the validation images: before, right after pruning, after
     BatchNorm recalibration, after fine-tuning; params and MACs (at `input_size`) are counted on the networks."""
     builder: str | None
+    weights: str | None        # the checkpoint file it was filled from, if any
+    data: str | None           # the data folder
     task: str
     metric: str
     target: str
@@ -146,6 +148,9 @@ def compress(model, data, target="macs:0.5", *, weights=None, criterion: str = "
     data = open_data(data, **data_options)
     steps = parse_budget(budget, len(data.train))
     metric_name, score = tasks.resolve(metric or tasks.DEFAULTS[data.task][0], tasks.METRICS, "metric")
+    if tasks.TASK_OF.get(metric_name, data.task) != data.task and not callable(metric):
+        raise ValueError(f"metric {metric_name!r} scores {tasks.TASK_OF[metric_name]}, but {data.root or 'the data'} "
+                         f"is {data.task} data")
     _, loss_fn = tasks.resolve(loss or tasks.DEFAULTS[data.task][1], tasks.LOSSES, "loss")
     device = torch.device(device) if device is not None else default_device()
     if not callable(metric):
@@ -199,7 +204,8 @@ def compress(model, data, target="macs:0.5", *, weights=None, criterion: str = "
             f"{params_before - params_after:,} parameters and {macs_before - macs_after:,} MACs go"
             + (f"; {chosen.plan.frozen_reason}" if chosen.plan.frozen_reason else ""))
     report = CompressReport(
-        builder, data.task, metric_name, str(target), spec.kind, float(cut), float(chosen.reached), str(criterion),
+        builder, None if weights is None else str(weights), None if data.root is None else str(data.root),
+        data.task, metric_name, str(target), spec.kind, float(cut), float(chosen.reached), str(criterion),
         method, float(before), float(after_pruning), float(recalibrated), float(finetuned), params_before,
         params_after, macs_before, macs_after, list(data.input_size), steps, float(lr),
         float(sum(losses[-10:]) / len(losses[-10:])) if losses else float("nan"), kept, sets,

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from . import train
 from .utils import default_device
 
-__all__ = ["METRICS", "LOSSES", "DEFAULTS", "accuracy", "dice", "finetune", "resolve"]
+__all__ = ["METRICS", "LOSSES", "DEFAULTS", "TASK_OF", "accuracy", "dice", "finetune", "resolve"]
 
 
 @torch.no_grad()
@@ -42,6 +42,7 @@ def dice(model: nn.Module, loader, *, device=None, kind: str = "dice_kaggle") ->
 METRICS = {"accuracy": accuracy, "dice_kaggle": dice, "dice_positive": partial(dice, kind="dice_positive")}
 LOSSES = {"cross_entropy": F.cross_entropy,
           "bce_dice": partial(train.bce_dice_loss, pos_weight=5.0)}  # the study's segmentation loss
+TASK_OF = {"accuracy": "classification", "dice_kaggle": "segmentation", "dice_positive": "segmentation"}
 DEFAULTS = {"classification": ("accuracy", "cross_entropy"), "segmentation": ("dice_kaggle", "bce_dice")}
 
 

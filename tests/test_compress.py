@@ -238,7 +238,7 @@ def test_segmentation_meets_the_target_from_a_builder_and_checkpoint(seg_run):
     assert 0.4 - 0.005 <= report.params_reduction <= 0.4 + 0.05
     assert report.score_before == dice(original, data.val)  # the checkpoint was loaded, not random weights
     assert report.score_finetuned == dice(pruned, data.val)
-    assert report.builder == "fpn_mobilenet_v2"
+    assert report.builder == "fpn_mobilenet_v2" and report.weights.endswith("fpn.pt") and report.data == str(data.root)
 
 
 def test_segmentation_outputs_reload_and_run_in_onnx_runtime(seg_run):
@@ -270,6 +270,7 @@ def test_cli_end_to_end(tmp_path, images):
     assert sorted(p.name for p in out.iterdir()) == sorted(FILES) and no_leftovers(tmp_path, "out")
     assert "fine-tune" in done.stderr and "| fine-tuned |" in done.stdout  # progress bars, then the card
     model, card = load_compressed(out)
+    assert card["weights"] == str(weights) and card["builder"] == "torchvision:mobilenet_v2"
     assert card["macs_after"] == hook_macs(model, (3, 32, 32)) and card["macs_before"] == 6_115_968
     assert 0.495 <= card["macs_reduction"] <= 0.55
     assert card["params_after"] == sum(p.numel() for p in model.parameters())
@@ -290,6 +291,7 @@ def test_cli_end_to_end(tmp_path, images):
     ({"--data": "odd"}, "--data", "odd.*neither layout"),
     ({"--data": "absent"}, "--data", "absent.*does not exist"),
     ({"--out": "taken"}, "--out", "taken.*exists already"),
+    ({"--metric": "dice_kaggle"}, "--metric", "'dice_kaggle' scores segmentation, but .*images holds classification"),
 ])
 def test_cli_errors_name_the_argument(tmp_path, images, capsys, change, flag, says):
     torch.save(build("torchvision:mobilenet_v2", 5).state_dict(), tmp_path / "five.pt")
@@ -330,6 +332,18 @@ def test_a_failure_midway_leaves_the_model_as_it_was(trained, images):
     assert_unchanged(trained, before)
 
 
+def test_a_latency_in_ms_is_measured_and_one_met_already_is_named(trained, images):
+    with pytest.raises(ValueError, match=r"latency:10000ms is met already: the model runs in \d+\.\d+ ms"):
+        compress(trained, images, "latency:10000ms", method="uniform", size=16, progress=False)
+
+
+def test_writing_needs_to_know_how_to_rebuild_the_network(tmp_path, cls_run):
+    data, pruned, report, _, _ = cls_run
+    with pytest.raises(ValueError, match="builder="):
+        write_outputs(tmp_path / "out", pruned, report, data, progress=False)  # a plain nn.Sequential, no builder
+    assert not (tmp_path / "out").exists() and no_leftovers(tmp_path, "out")
+
+
 def test_a_failure_while_writing_leaves_no_out_folder(tmp_path, cls_run, trained, monkeypatch):
     data, pruned, report, _, _ = cls_run
 
@@ -341,7 +355,7 @@ def test_a_failure_while_writing_leaves_no_out_folder(tmp_path, cls_run, trained
     assert not (tmp_path / "out").exists() and no_leftovers(tmp_path, "out")
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "mine.txt").write_text("keep me")
-    with pytest.raises(RuntimeError, match="quantiser broke"):  # overwrite: the old folder stays until the new one is done
+    with pytest.raises(RuntimeError, match="quantiser broke"):  # overwrite: the old folder stays till the new is done
         write_outputs(tmp_path / "old", pruned, report, data, builder=tiny_cnn, overwrite=True, progress=False)
     assert [p.name for p in (tmp_path / "old").iterdir()] == ["mine.txt"] and no_leftovers(tmp_path, "old")
 
