@@ -147,24 +147,13 @@ def compress(model, data, target="macs:0.5", *, weights=None, criterion: str = "
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     data = open_data(data, **data_options)
     steps = parse_budget(budget, len(data.train))
-    metric_name, score = tasks.resolve(metric or tasks.DEFAULTS[data.task][0], tasks.METRICS, "metric")
-    if tasks.TASK_OF.get(metric_name, data.task) != data.task and not callable(metric):
-        raise ValueError(f"metric {metric_name!r} scores {tasks.TASK_OF[metric_name]}, but {data.root or 'the data'} "
-                         f"is {data.task} data")
-    _, loss_fn = tasks.resolve(loss or tasks.DEFAULTS[data.task][1], tasks.LOSSES, "loss")
     device = torch.device(device) if device is not None else default_device()
-    if not callable(metric):
-        score = partial(score, device=device)
+    metric_name, score = _metric(metric, data, device)
+    _, loss_fn = tasks.resolve(loss or tasks.DEFAULTS[data.task][1], tasks.LOSSES, "loss")
     work, builder = _working_copy(model, weights, data)
     work.to(device).eval()
     x = data.example_input(device)
-    bar = tqdm(total=6, desc="compress", disable=not progress)
     seconds, clock = {}, [time.perf_counter()]
-
-    def done(stage):
-        now = time.perf_counter()
-        seconds[stage], clock[0] = now - clock[0], now
-        bar.update()
 
     def evaluate(m):
         return score(m, data.val)
@@ -172,45 +161,58 @@ def compress(model, data, target="macs:0.5", *, weights=None, criterion: str = "
     def recalibrate(m):
         return recalibrate_bn(m, data.train, min(recal_batches, len(data.train)), device=device)
 
-    bar.set_postfix_str("score")
-    params_before, macs_before = count(work, data.input_size)
-    before = evaluate(work)
-    done("score")
-    cut = spec.cut if spec.cut is not None else _latency_cut(work, x, spec.ms, latency_rounds)
-    bar.set_postfix_str(f"allocate ({method})")
-    chosen = allocate(work, x, spec.kind, cut, method=method, evaluate=evaluate, recalibrate=recalibrate,
-                      rates=rates, max_rate=max_rate, seed=seed, latency_rounds=latency_rounds, progress=progress,
-                      criterion=criterion, policy=policy)
-    done("allocate")
-    bar.set_postfix_str("prune")
-    pruned = apply(work, chosen.plan, verify=verify, count_macs=False)
-    after_pruning = evaluate(work)
-    done("prune")
-    bar.set_postfix_str("recalibrate")
-    recalibrate(work)
-    recalibrated = evaluate(work)
-    done("recalibrate")
-    bar.set_postfix_str(f"fine-tune ({steps} steps)")
-    losses = tasks.finetune(work, data.train, loss_fn, steps, lr, seed=seed, device=device, progress=progress)
-    finetuned = evaluate(work)
-    done("fine-tune")
-    params_after, macs_after = count(work, data.input_size)
-    bar.set_postfix_str("done")
-    done("count")
-    bar.close()
+    with tqdm(total=5, desc="compress", disable=not progress) as bar:
+        def stage(name, next_name):
+            now = time.perf_counter()
+            seconds[name], clock[0] = now - clock[0], now
+            bar.update()
+            bar.set_postfix_str(next_name)
+        bar.set_postfix_str("score")
+        params_before, macs_before = count(work, data.input_size)
+        before = evaluate(work)
+        cut = spec.cut if spec.cut is not None else _latency_cut(work, x, spec.ms, latency_rounds)
+        stage("score", f"allocate ({method})")
+        chosen = allocate(work, x, spec.kind, cut, method=method, evaluate=evaluate, recalibrate=recalibrate,
+                          rates=rates, max_rate=max_rate, seed=seed, latency_rounds=latency_rounds,
+                          progress=progress, criterion=criterion, policy=policy)
+        stage("allocate", "prune")
+        pruned = apply(work, chosen.plan, verify=verify, count_macs=False)
+        after_pruning = evaluate(work)
+        stage("prune", "recalibrate")
+        recalibrate(work)
+        recalibrated = evaluate(work)
+        stage("recalibrate", f"fine-tune ({steps} steps)")
+        losses = tasks.finetune(work, data.train, loss_fn, steps, lr, seed=seed, device=device, progress=progress)
+        finetuned = evaluate(work)
+        params_after, macs_after = count(work, data.input_size)
+        stage("fine-tune", "done")
     sets = _sets(chosen)
-    n_cut = sum(s["kept"] < s["size"] for s in sets)
-    kept = (f"{method} allocation ranked by {criterion}: {n_cut} of {len(sets)} coupling sets lose channels, "
-            f"{params_before - params_after:,} parameters and {macs_before - macs_after:,} MACs go"
+    kept = (f"{method} allocation ranked by {criterion}: {sum(s['kept'] < s['size'] for s in sets)} of "
+            f"{len(sets)} coupling sets lose channels, {params_before - params_after:,} parameters and "
+            f"{macs_before - macs_after:,} MACs go"
             + (f"; {chosen.plan.frozen_reason}" if chosen.plan.frozen_reason else ""))
     report = CompressReport(
-        builder, None if weights is None else str(weights), None if data.root is None else str(data.root),
-        data.task, metric_name, str(target), spec.kind, float(cut), float(chosen.reached), str(criterion),
-        method, float(before), float(after_pruning), float(recalibrated), float(finetuned), params_before,
-        params_after, macs_before, macs_after, list(data.input_size), steps, float(lr),
-        float(sum(losses[-10:]) / len(losses[-10:])) if losses else float("nan"), kept, sets,
-        dict(chosen.plan.frozen), list(pruned.warnings), seconds)
+        builder=builder, weights=None if weights is None else str(weights),
+        data=None if data.root is None else str(data.root), task=data.task, metric=metric_name,
+        target=str(target), kind=spec.kind, cut=float(cut), reached=float(chosen.reached),
+        criterion=str(criterion), method=method, score_before=float(before), score_pruned=float(after_pruning),
+        score_recalibrated=float(recalibrated), score_finetuned=float(finetuned), params_before=params_before,
+        params_after=params_after, macs_before=macs_before, macs_after=macs_after,
+        input_size=list(data.input_size), steps=steps, lr=float(lr),
+        train_loss=float(sum(losses[-10:]) / len(losses[-10:])) if losses else float("nan"), kept=kept,
+        sets=sets, frozen=dict(chosen.plan.frozen), warnings=list(pruned.warnings), seconds=seconds)
     return work.eval(), report
+
+
+def _metric(metric, data, device):
+    """(name, metric(model, loader)) of a callable or a built-in name; a built-in of the other task is an error."""
+    name, score = tasks.resolve(metric or tasks.DEFAULTS[data.task][0], tasks.METRICS, "metric")
+    if callable(metric):
+        return name, score
+    if tasks.TASK_OF[name] != data.task:
+        raise ValueError(f"metric {name!r} scores {tasks.TASK_OF[name]}, but {data.root or 'the data'} holds "
+                         f"{data.task} data")
+    return name, partial(score, device=device)
 
 
 def _working_copy(model, weights, data):
