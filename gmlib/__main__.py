@@ -33,6 +33,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the folder to write; it must not exist (see --overwrite)")
     p.add_argument("--criterion", default="fpgm", choices=CRITERIA)
     p.add_argument("--method", default="sensitivity", choices=METHODS, help="how gmlib.allocate shares the cut")
+    p.add_argument("--round-to", type=int, default=8, help="keep channels in multiples of this (default 8; 1: any "
+                   "width, which ONNX Runtime may run slower than the unpruned network)")
     p.add_argument("--budget", default="1 epoch", help="fine-tuning: '<n> steps' or '<n> epochs' (default 1 epoch)")
     p.add_argument("--lr", type=float, default=3e-4, help="fine-tuning peak lr (AdamW, cosine to 0)")
     p.add_argument("--metric", choices=sorted(METRICS), help="default: accuracy or dice_kaggle, by the data")
@@ -86,8 +88,8 @@ def main(argv=None) -> int:
     from .recipe import compress
     try:
         pruned, report = compress(model, data, args.target, criterion=args.criterion, method=args.method,
-                                  budget=args.budget, lr=args.lr, metric=args.metric, seed=args.seed,
-                                  device=args.device, progress=not args.quiet)
+                                  round_to=args.round_to, budget=args.budget, lr=args.lr, metric=args.metric,
+                                  seed=args.seed, device=args.device, progress=not args.quiet)
         report = dataclasses.replace(report, weights=args.weights)  # loaded above, where its errors are named
         write_outputs(args.out, pruned, report, data, original=model, builder=args.builder, rounds=args.rounds,
                       threads=args.threads, overwrite=args.overwrite, progress=not args.quiet)

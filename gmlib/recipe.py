@@ -130,17 +130,19 @@ class CompressReport:
 
 def compress(model, data, target="macs:0.5", *, weights=None, criterion: str = "fpgm", budget="1 epoch",
              lr: float = 3e-4, method: str = "sensitivity", loss=None, metric=None, policy: str = "or-merge",
-             recal_batches: int = 10, rates=(0.2, 0.4, 0.6, 0.8), max_rate: float = 0.9, latency_rounds: int = 5,
-             seed: int = 0, device=None, verify: bool = True, progress: bool = True, **data_options):
+             round_to: int = 8, recal_batches: int = 10, rates=(0.2, 0.4, 0.6, 0.8), max_rate: float = 0.9,
+             latency_rounds: int = 5, seed: int = 0, device=None, verify: bool = True, progress: bool = True,
+             **data_options):
     """Prune `model` to `target` and fine-tune it; returns (pruned model in eval mode, CompressReport).
 
     `model`: an nn.Module, or a builder string (gmlib.builders.KINDS) filled from the checkpoint `weights`.
     `data`: a gmlib.folders.Data or a folder (`data_options` go to gmlib.folders.open_data). `target`: see
     parse_target; `budget`: see parse_budget. `metric(model, loader) -> float` (higher is better) and
     `loss(outputs, targets)` are callables or built-in names (gmlib.tasks; defaults follow the task). `method`,
-    `rates` (the sensitivity table's), `max_rate`, `criterion` and `policy` go to gmlib.allocate; the sensitivity
-    table prunes each coupling set alone, recalibrates and scores it. The model given is left as it was, whatever
-    fails.
+    `rates` (the sensitivity table's), `max_rate`, `criterion`, `policy` and `round_to` go to gmlib.allocate: the
+    sensitivity table prunes each coupling set alone, recalibrates and scores it; `round_to` keeps channels in
+    multiples of it (ONNX Runtime runs odd widths slower, even slower than the unpruned network). The model given
+    is left as it was, whatever fails.
     """
     spec = parse_target(target)
     if method not in METHODS:
@@ -174,7 +176,7 @@ def compress(model, data, target="macs:0.5", *, weights=None, criterion: str = "
         stage("score", f"allocate ({method})")
         chosen = allocate(work, x, spec.kind, cut, method=method, evaluate=evaluate, recalibrate=recalibrate,
                           rates=rates, max_rate=max_rate, seed=seed, latency_rounds=latency_rounds,
-                          progress=progress, criterion=criterion, policy=policy)
+                          progress=progress, criterion=criterion, policy=policy, round_to=round_to)
         stage("allocate", "prune")
         pruned = apply(work, chosen.plan, verify=verify, count_macs=False)
         after_pruning = evaluate(work)

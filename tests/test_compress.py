@@ -114,7 +114,7 @@ def trained(images):
 def cls_run(images, trained, tmp_path_factory):
     data = open_data(images, size=16, batch_size=8)
     before = snapshot(trained)
-    pruned, report = compress(trained, data, "macs:0.5", budget="4 steps", lr=1e-3, recal_batches=2,
+    pruned, report = compress(trained, data, "macs:0.5", budget="4 steps", lr=1e-3, recal_batches=2, round_to=1,
                               progress=False)
     assert_unchanged(trained, before)
     out = tmp_path_factory.mktemp("cls_out") / "out"
@@ -273,6 +273,7 @@ def test_cli_end_to_end(tmp_path, images):
     assert card["weights"] == str(weights) and card["builder"] == "torchvision:mobilenet_v2"
     assert card["macs_after"] == hook_macs(model, (3, 32, 32)) and card["macs_before"] == 6_115_968
     assert 0.495 <= card["macs_reduction"] <= 0.55
+    assert all(s["kept"] % 8 == 0 or s["kept"] == s["size"] for s in card["sets"])  # --round-to 8, the default
     assert card["params_after"] == sum(p.numel() for p in model.parameters())
     x = torch.randn(3, 3, 32, 32)
     assert export.max_relative_error(model, export.session(out / "model.onnx"), x) < 1e-4
