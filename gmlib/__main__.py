@@ -46,6 +46,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=20, help="latency: interleaved timing rounds")
     p.add_argument("--threads", type=int, default=1, help="latency: ONNX Runtime threads")
     p.add_argument("--device", help="default: CUDA when present")
+    p.add_argument("--no-verify", action="store_true", help="skip the check that the pruned network computes what "
+                   "the original with the removed channels zeroed does")
     p.add_argument("--overwrite", action="store_true", help="replace OUT (only once the new one is complete)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(parser=p)  # so that errors show this command's usage
@@ -89,7 +91,8 @@ def main(argv=None) -> int:
     try:
         pruned, report = compress(model, data, args.target, criterion=args.criterion, method=args.method,
                                   round_to=args.round_to, budget=args.budget, lr=args.lr, metric=args.metric,
-                                  seed=args.seed, device=args.device, progress=not args.quiet)
+                                  seed=args.seed, device=args.device, verify=not args.no_verify,
+                                  progress=not args.quiet)
         report = dataclasses.replace(report, weights=args.weights)  # loaded above, where its errors are named
         write_outputs(args.out, pruned, report, data, original=model, builder=args.builder, rounds=args.rounds,
                       threads=args.threads, overwrite=args.overwrite, progress=not args.quiet)
