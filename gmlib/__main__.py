@@ -39,6 +39,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=3e-4, help="fine-tuning peak lr (AdamW, cosine to 0)")
     p.add_argument("--metric", choices=sorted(METRICS), help="default: accuracy or dice_kaggle, by the data")
     p.add_argument("--size", type=int, default=224, help="classification: images resized to size x size")
+    p.add_argument("--no-normalize", action="store_true", help="classification: feed images in [0, 1] instead of "
+                   "normalised with ImageNet's mean and std")
     p.add_argument("--scale", type=float, default=0.25, help="segmentation: strips downscaled by this factor")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--val-fraction", type=float, default=0.2, help="share of the images every score is taken on")
@@ -71,7 +73,7 @@ def _checked(p, args):
     check("--budget", parse_budget, args.budget, 1)
     check("--out", check_out, args.out, args.overwrite)
     data = check("--data", open_data, args.data, size=args.size, scale=args.scale, batch_size=args.batch_size,
-                 val_fraction=args.val_fraction, seed=args.seed)
+                 val_fraction=args.val_fraction, seed=args.seed, normalize=not args.no_normalize)
     if args.metric and TASK_OF[args.metric] != data.task:
         p.error(f"argument --metric: {args.metric!r} scores {TASK_OF[args.metric]}, but {args.data} holds "
                 f"{data.task} data")

@@ -159,7 +159,7 @@ def _num(v, digits=4) -> str:
 def markdown(card: dict) -> str:
     """The card as Markdown: what was asked, the scores at each stage, sizes, latency, files, what was kept."""
     lines = [f"# Compressed: {card.get('builder') or 'a network'} ({card['task']})", "",
-             f"Weights `{card.get('weights') or 'as given'}`, data `{card.get('data') or 'as given'}`.", "",
+             f"Weights `{card.get('weights') or 'none given'}`, data `{card.get('data') or 'as given'}`.", "",
              f"Target `{card['target']}` ({card['method']} allocation, criterion `{card['criterion']}`), "
              f"fine-tuned {card['steps']} steps at lr {card['lr']:g}. Scores: {card['metric']} on the validation "
              f"images, input {tuple(card['input_size'])}.", "",
