@@ -117,7 +117,7 @@ INTERVAL = re.compile(r"\d ± \d")  # a measured mean ± half-width, not a margi
 
 def interval_sentences(text: str) -> list:
     """Every sentence (or clause after a ';') of `text` that states an interval, whitespace collapsed."""
-    return [x for x in SENTENCE.split(" ".join(text.split())) if INTERVAL.search(x)]
+    return [x.removeprefix("- ") for x in SENTENCE.split(" ".join(text.split())) if INTERVAL.search(x)]  # no bullet mark
 
 
 def test_the_sentence_reader_keeps_only_intervals():
