@@ -12,12 +12,13 @@ import math
 import numpy as np
 import pandas as pd
 
-from .verdicts import MARGINS, CALLS, decide, against_bar, summarise, tally_text
+from .verdicts import MARGINS, CALLS, NAMES, decide, against_bar, summarise, tally_text
 
 __all__ = ["interval", "figure5_table", "margin_of", "paired_by", "pooled", "paired", "at_equal_macs", "losses",
            "inherited", "answers", "loss_markdown", "criteria_markdown", "budget_markdown", "budget_name",
            "allocation_calls", "allocation_markdown", "baseline_seeds", "baseline_seed_markdown", "calls_in_words",
-           "conclusions", "int8_answer",
+           "conclusions", "int8_answer", "lr_choice", "lr_markdown", "postprocess_effect", "postprocess_markdown",
+           "validation_markdown",
            "STAGES", "MACS_TARGETS"]
 
 STAGES = ("before", "recal", "after")
@@ -405,6 +406,135 @@ def int8_answer(int8: pd.DataFrame, candidate: dict | None, lossless: float,
             f"± {MARGINS['dice_positive']}). Its speed is timed on one seed's networks (chapter 10).")
 
 
+def lr_choice(rows: pd.DataFrame, score: str = "dice_positive") -> pd.DataFrame:
+    """The fine-tuning learning rate chosen on validation. `rows`: `sweeps.validation` of the learning-rate sweep
+    (the same criteria, rates and seeds at every learning rate). Per learning rate: points, the mean validation
+    `score` (what chooses) and the mean test score of the same points (what reports); attrs["chosen"] is the
+    learning rate of the best validation mean, attrs["test_best"] that of the best test mean."""
+    points = rows.groupby("lr").apply(lambda g: sorted(zip(g.criterion, g.rate, g.seed)), include_groups=False)
+    if len(points) < 2 or any(p != points.iloc[0] for p in points):
+        raise ValueError("a learning-rate choice needs two or more learning rates, each with the same points")
+    table = rows.groupby("lr").agg(points=(f"val_{score}", "size"), validation=(f"val_{score}", "mean"),
+                                   test=(f"{score}_after", "mean"))
+    gap = max((rows[f"rerun_{s}"] - rows[f"{s}_after"]).abs().max() for s in ("dice_kaggle", "dice_positive"))
+    table.attrs.update(chosen=float(table.validation.idxmax()), test_best=float(table.test.idxmax()), score=score,
+                       criteria=sorted(set(rows.criterion)), rates=sorted(set(rows.rate)),
+                       seeds=sorted(set(rows.seed)), networks=len(rows), same_networks=int(rows.same_network.sum()),
+                       largest_gap=float(gap))
+    return table
+
+
+def _reruns(a: dict) -> str:
+    """How the re-run networks behind validation scores matched their stored test scores (attrs of lr_choice)."""
+    same, n, gap = a["same_networks"], a["networks"], a["largest_gap"]
+    if same == n:
+        return f"Every one of the {n} networks, fine-tuned again, gave its stored test scores bit for bit. "
+    return (f"Fine-tuned again, {same} of the {n} networks gave their stored test scores bit for bit (stored from "
+            f"this kind of CPU); the other {n - same}, stored from another CPU whose kernels round differently, came "
+            f"back within {gap:.4f} test Dice of them, so their validation scores are those of the same recipe "
+            "re-run. ")
+
+
+def lr_markdown(table: pd.DataFrame, used: float) -> str:
+    """Chapter 07's paragraph on the learning rate: which one validation chooses, with the validation means, and
+    whether it is `used`, the one every point of the study fine-tunes at (taken as the best on the test strips)."""
+    a, chosen = table.attrs, table.attrs["chosen"]
+    name = NAMES[a["score"]]
+    means = lambda column: ", ".join(f"{lr:g}: {v:.4f}" for lr, v in table[column].items())
+    text = (f"**Which learning rate?** Chosen on the validation strips: {chosen:g}, the best mean validation {name} "
+            f"after fine-tuning over the same {int(table.points.iloc[0])} points at each learning rate "
+            f"({', '.join(a['criteria'])} at {_rates(a['rates'])}, seeds {', '.join(map(str, a['seeds']))}): "
+            f"{means('validation')}. {_reruns(a)}")
+    if chosen == used and a["test_best"] == used:
+        return text + (f"It is the learning rate every point of the study fine-tunes at, which had been taken as the "
+                       f"best of the sweep on the test strips (the same points' test means {means('test')}): the "
+                       "test-split choice agreed with validation, so no point changes.")
+    if chosen == used:
+        return text + (f"It is the learning rate every point of the study fine-tunes at; on the test strips these "
+                       f"points would have chosen {a['test_best']:g} ({means('test')}).")
+    return text + (f"Every point of the study fine-tunes at {used:g}, taken as the best on the test strips "
+                   f"({means('test')}): validation chooses another, so the points would have to be recomputed at "
+                   f"{chosen:g}.")
+
+
+def postprocess_effect(rows: pd.DataFrame, scores=("dice_positive", "dice_kaggle")) -> pd.DataFrame:
+    """What reusing the baseline's post-processing costs a pruned network. `rows`: `sweeps.validation` of some
+    fine-tuned points. Per criterion, rate and score: the test score under the post-processing re-tuned on
+    validation for each network minus the one under the baseline's (both on the re-run network of the record),
+    paired by network (seed), called by the rule (Holm over the comparisons of each score, its margin)."""
+    out = []
+    for (criterion, rate), group in rows.groupby(["criterion", "rate"]):
+        for score in scores:
+            diff = group[f"retuned_{score}"] - group[f"rerun_{score}"]  # the same network under both
+            out.append({"criterion": criterion, "rate": rate, "score": score,
+                        "reused": float(group[f"rerun_{score}"].mean()),
+                        "retuned": float(group[f"retuned_{score}"].mean()), **summarise(diff)})
+    frame = pd.DataFrame(out)
+    called = pd.concat([decide(frame[frame.score == s], MARGINS[s]) for s in scores])
+    return called.rename(columns={"mean": "difference", "n": "networks", "call": "re-tuned is"})
+
+
+def postprocess_markdown(effect: pd.DataFrame) -> str:
+    """Chapter 07's paragraph on the post-processing reused from the baseline, from `postprocess_effect`: the
+    verdict, each comparison, and what it means for the scores the study reads."""
+    verdict = _postprocess_verdict(effect)
+    cells = "; ".join(f"{r['criterion']} at {r['rate']:.0%}, {NAMES[r['score']]}: {_pm(r['difference'], r['ci'])} "
+                      f"({r['re-tuned is']})" for r in effect.to_dict("records"))
+    n = int(effect.networks.max())
+    margins = ", ".join(f"± {MARGINS[s]} {NAMES[s]}" for s in dict.fromkeys(effect.score))
+    notes = []
+    positive, kaggle = (effect[effect.score == s] for s in ("dice_positive", "dice_kaggle"))
+    if len(positive) and not (positive["re-tuned is"] == "ahead").any():
+        notes.append("The study's verdicts read positive-pair Dice, where re-tuning is never ahead: the reused "
+                     "post-processing does not handicap a pruned network there.")
+    if len(kaggle) and (kaggle.difference > 0).any() and not (kaggle["re-tuned is"] == "equivalent").all():
+        top = kaggle.loc[kaggle.difference.idxmax()]
+        notes.append(f"Kaggle Dice, which the tuning maximises, gains up to {top['difference']:+.3f} on average "
+                     f"({top['criterion']} at {top['rate']:.0%}, {top['re-tuned is']}): a pruned network's Kaggle "
+                     "Dice (Figure 5's upper panels, chapter 08's history) is scored with a post-processing tuned "
+                     "for another network and can read low by about that much.")
+    return (f"**Does the post-processing tuned for the unpruned network serve the pruned ones?** {verdict[0].upper()}"
+            f"{verdict[1:]}. The threshold and minimum area of each class were tuned on the validation strips for "
+            f"the baseline (for Kaggle Dice) and are reused for every pruned network. Re-tuned the same way on the "
+            f"validation strips for each fine-tuned network ({n} seeds per cell), the test score moves by (re-tuned "
+            f"minus reused): {cells} (margins {margins}; Holm over the comparisons of each score). "
+            + " ".join(notes)).strip()
+
+
+def _postprocess_verdict(effect: pd.DataFrame) -> str:
+    calls = effect["re-tuned is"]
+    if set(calls) == {"equivalent"}:
+        return "it does not matter: re-tuned and reused are equivalent"
+    moved = [f"{'raises' if call == 'ahead' else 'lowers'} {NAMES[s]}" for call in ("ahead", "behind")
+             for s in dict.fromkeys(effect.score[calls == call])]
+    return ("it matters: re-tuning " + " and ".join(moved) if moved else
+            "not shown either way: not every comparison is equivalent, and none separates")
+
+
+def validation_markdown(choice: pd.DataFrame, effect: pd.DataFrame, history: pd.DataFrame, used_lr: float,
+                        metric: str = "dice_kaggle") -> str:
+    """Chapter 11's paragraph on what each choice among pruned networks reads: the learning rate (`lr_choice`),
+    chapter 08's end condition and step (its history, `metric` on validation), the post-processing
+    (`postprocess_effect`)."""
+    a, chosen = choice.attrs, choice.attrs["chosen"]
+    others = ", ".join(f"{v:.4f} at {lr:g}" for lr, v in choice.validation.items() if lr != chosen)
+    agreed = ("the one every point uses; the test strips had chosen the same" if chosen == used_lr == a["test_best"]
+              else "the one every point uses" if chosen == used_lr else
+              f"not {used_lr:g}, the one every point uses: the points would have to be recomputed")
+    k = history.attrs["chosen_step"]
+    where = "validation" if f"val_{metric}" in history else "test"
+    ranges = "; ".join(f"{NAMES[s]} {g.difference.min():+.4f} to {g.difference.max():+.4f}"
+                       for s, g in effect.groupby("score", sort=False))
+    rates, networks = _rates(set(effect.rate)), int(effect.networks.sum() / effect.score.nunique())
+    return (f"**Chosen on the validation strips.** The learning rate is the best of chapter 07's sweep on validation, "
+            f"{chosen:g} (mean validation {NAMES[a['score']]} {choice.validation[chosen]:.4f}, against {others}): "
+            f"{agreed}. Chapter 08's end condition and chosen step (step {k}) read the {where} strips' "
+            f"{NAMES[metric]}. The post-processing is tuned on validation for the unpruned network and reused for "
+            f"every pruned one; re-tuned on validation for each of {networks} fine-tuned networks "
+            f"({', '.join(sorted(set(effect.criterion)))} at {rates}), the mean test score moves by {ranges} "
+            f"(chapter 07): {_postprocess_verdict(effect)}. The test strips only report.")
+
+
 def _cells(frame: pd.DataFrame, call: str, column: str = "call") -> str:
     return ", ".join(f"{r:.0%}" for r in sorted(frame[frame[column] == call].rate))
 
@@ -536,10 +666,12 @@ def conclusions(found: dict, baseline: dict, *, compression: pd.DataFrame, histo
     # Figure 3: the iterative run
     k = history.attrs["chosen_step"]
     chosen = history.set_index("step").loc[k]
+    on = ("the validation strips (the test strips only report)" if "val_dice_kaggle" in history
+          else "the test strips")
     add("Does the iterative flow of Figure 3 run as described?", "runs as described; one run, no interval", "08",
         f"It stopped after step {len(history) - 1} and chose step {k}: {chosen.rate:.0%} nominal, "
-        f"{chosen.macs_reduction:.1f} % of MACs removed, Kaggle Dice {chosen.dice_kaggle_after:.3f}. Its end "
-        "condition and chosen step read the test strips, and its comparison with one cut at equal MACs (chapter 08) "
+        f"{chosen.macs_reduction:.1f} % of MACs removed, test Kaggle Dice {chosen.dice_kaggle_after:.3f}. Its end "
+        f"condition and chosen step read {on}, and its comparison with one cut at equal MACs (chapter 08) "
         "has one seed and no interval, so under the rule it is not separated.")
     if int8 is not None and len(int8):
         add("Is chapter 10's int8 candidate nearly lossless?", *int8_answer(int8, candidate, found["lossless"],

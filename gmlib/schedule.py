@@ -1,9 +1,10 @@
 """The pruning loop: prune -> fine-tune -> evaluate, once at a rate (`one_shot`) or step by step (`iterative`).
 
 `iterative` is the flow of Hao et al.'s Figure 3: raise the rate, prune the fine-tuned network of the step before,
-fine-tune, evaluate, and stop at an end condition on the evaluation. Step k removes 1 - (1 - r_k) / (1 - r_{k-1}) of
-the filters that are left, so about r_k of the original ones are gone after it. Each finished step is written
-atomically to `checkpoint_dir`; a run that is killed resumes after the last finished step.
+fine-tune, evaluate, and stop at an end condition on the evaluation (or, given `validate`, on scores of data that
+only choose: the study's validation strips). Step k removes 1 - (1 - r_k) / (1 - r_{k-1}) of the filters that are
+left, so about r_k of the original ones are gone after it. Each finished step is written atomically to
+`checkpoint_dir`; a run that is killed resumes after the last finished step.
 """
 import copy
 import json
@@ -148,10 +149,16 @@ def iterative(model: nn.Module, example_inputs, rates, *, finetune, evaluate, me
               tolerance: float | None = None, macs_target: float | None = None,
               params_target: float | None = None, criterion: str = "fpgm", policy: str = "or-merge",
               seed: int = 0, checkpoint_dir=None, reference: dict | None = None, progress: bool = True,
-              recalibrate=None, **prune_kwargs) -> IterativeResult:
+              recalibrate=None, validate=None, validation_reference: dict | None = None,
+              **prune_kwargs) -> IterativeResult:
     """Raise the cumulative rate through `rates` (e.g. 0.1, 0.2, ...), each step: prune the network of the step
     before, evaluate, `recalibrate(model)` its norms and evaluate (when given: `_recal` columns),
     `finetune(model, step_seed)`, evaluate; stop at the first step that ends the run.
+
+    With `validate` (e.g. scores on validation data), every step is also scored by `validate(model)` after its
+    fine-tuning (columns `val_<name>`), and the end condition and the chosen step read those: `evaluate` then only
+    reports. Without it they read `evaluate`'s `<metric>_after`. `validation_reference` is the unpruned network's
+    `validate` result when already known.
 
     End conditions: with `tolerance`, a step whose `metric` after fine-tuning falls below the unpruned network's
     minus `tolerance` stops the run and the last step within the tolerance is chosen; with `macs_target` /
@@ -176,7 +183,8 @@ def iterative(model: nn.Module, example_inputs, rates, *, finetune, evaluate, me
         "rates": rates, "metric": metric, "tolerance": tolerance, "macs_target": macs_target,
         "params_target": params_target, "criterion": criterion, "policy": policy, "seed": seed,
         "arch": getattr(model, "_gmlib_arch", None), "input_shape": list(x.shape), "prune_kwargs": prune_kwargs,
-        "recalibrate": recalibrate is not None}))
+        "recalibrate": recalibrate is not None, **({"validate": True} if validate is not None else {})}))
+    decides = f"val_{metric}" if validate is not None else f"{metric}_after"  # the column the end condition reads
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
     device = next(model.parameters()).device
     history, current, best = _resume(folder, settings, device) if folder is not None else (None, None, None)
@@ -184,11 +192,17 @@ def iterative(model: nn.Module, example_inputs, rates, *, finetune, evaluate, me
         scores = reference if reference is not None else evaluate(model)
         if metric not in scores:
             raise KeyError(f"evaluate() returned no {metric!r} (it has {', '.join(scores)})")
+        checked = {}
+        if validate is not None:
+            checked = validation_reference if validation_reference is not None else validate(model)
+            if metric not in checked:
+                raise KeyError(f"validate() returned no {metric!r} (it has {', '.join(checked)})")
         row = {"step": 0, "rate": 0.0, "step_rate": 0.0, "params": sum(p.numel() for p in model.parameters()),
                "macs": count(model, tuple(x.shape[1:]))[1] if x.dim() == 4 else None,
                "params_reduction": 0.0, "macs_reduction": 0.0, **scalars(scores, "_before"),
                **(scalars(scores, "_recal") if recalibrate is not None else {}),
-               **scalars(scores, "_after"), "seconds": 0.0, "within_tolerance": True, "stop": False}
+               **scalars(scores, "_after"), **_prefixed(checked), "seconds": 0.0, "within_tolerance": True,
+               "stop": False}
         history = [row]
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
@@ -212,10 +226,12 @@ def iterative(model: nn.Module, example_inputs, rates, *, finetune, evaluate, me
             before.update(scalars(evaluate(current), "_recal"))
         finetune(current, seed * 1000 + k)
         after = scalars(evaluate(current), "_after")
+        if validate is not None:
+            after.update(_prefixed(validate(current)))
         size = {"params": report.params_after, "macs": report.macs_after,
                 "params_reduction": 100.0 * (1 - report.params_after / base["params"]),
                 "macs_reduction": 100.0 * (1 - report.macs_after / base["macs"]) if base["macs"] else math.nan}
-        within = tolerance is None or after[f"{metric}_after"] >= base[f"{metric}_after"] - tolerance
+        within = tolerance is None or after[decides] >= base[decides] - tolerance
         reached = (macs_target is not None and size["macs_reduction"] >= macs_target) or \
                   (params_target is not None and size["params_reduction"] >= params_target)
         row = {"step": k, "rate": rate, "step_rate": step_rate, **size, **before, **after,
@@ -227,11 +243,15 @@ def iterative(model: nn.Module, example_inputs, rates, *, finetune, evaluate, me
         if within:
             best = current
         bar.update(1)
-        bar.set_postfix({metric: f"{after[f'{metric}_after']:.3f}"})
+        bar.set_postfix({decides: f"{after[decides]:.3f}"})
     bar.close()
     frame = pd.DataFrame(history)
     chosen_step = int(frame.loc[frame["within_tolerance"], "step"].iloc[-1])
     return IterativeResult(best if best is not None else copy.deepcopy(model), chosen_step, frame)
+
+
+def _prefixed(scores):
+    return {f"val_{k}": v for k, v in scalars(scores, "").items()}
 
 
 def _resume(folder: Path, settings: dict, device):

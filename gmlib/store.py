@@ -27,8 +27,8 @@ __all__ = ["VERSIONS", "Store", "Record", "StoreError", "MissingRecord", "record
 # One version per experiment kind: what a record of that kind holds and how it is computed. A change of the code an
 # experiment runs (its recipe, its metric, its data) bumps it; tests/test_store.py recomputes one cheap record for
 # real and compares it with the committed one, so a change that forgets the bump shows there.
-VERSIONS = {"baseline": 1, "pruned": 1, "finetuned": 1, "scratch": 1, "iterative": 1, "latency": 2, "int8": 2,
-            "zoo": 1, "sensitivity": 1, "allocation": 1, "compression": 1, "unstructured": 1,
+VERSIONS = {"baseline": 1, "pruned": 1, "finetuned": 1, "finetuned_val": 1, "scratch": 1, "iterative": 2,
+            "latency": 2, "int8": 2, "zoo": 1, "sensitivity": 1, "allocation": 1, "compression": 1, "unstructured": 1,
             "elpv_baseline": 1, "elpv_pruned": 1, "elpv_finetuned": 1, "elpv_scratch": 1,
             "elpv_sensitivity": 1, "elpv_allocated": 1, "elpv_deployment": 1}
 # where a record's config["baseline"] key points: the Severstal study's baselines, or the real-data arm's

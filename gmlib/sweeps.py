@@ -13,7 +13,7 @@ from collections import defaultdict
 import pandas as pd
 from tqdm.auto import tqdm
 
-__all__ = ["figure5_design", "defaults_of", "design_of_notebook", "seeds_of", "work_units", "collect"]
+__all__ = ["figure5_design", "defaults_of", "design_of_notebook", "seeds_of", "work_units", "collect", "validation"]
 
 GRIDS = ("main", "policies", "budgets", "scratch", "lrs", "baseline_seeds")
 
@@ -35,7 +35,8 @@ def _point(criterion, rate, seed, steps, *, policy, lr=None, baseline_seed, kind
 def figure5_design(epoch_steps, *, rates, criteria, seeds, budget=0.25, policy="or-merge", baseline_seed=0,
                    coupled_criteria=(), coupled_rates=(), budgets=(), budget_rates=(), budget_criteria=(),
                    budget_seeds=(), lrs=(), lr_rate=None, lr_criteria=(), lr_seeds=(), baseline_seeds=(),
-                   baseline_seed_rates=(), baseline_seed_criteria=()) -> dict:
+                   baseline_seed_rates=(), baseline_seed_criteria=(), postprocess_criteria=(), postprocess_rates=(),
+                   postprocess_seeds=()) -> dict:
     """Chapter 07's grids, each a list of points (see the module docstring); `epoch_steps(epochs)` turns a budget
     into optimiser steps (`Study.epoch_steps`).
 
@@ -44,7 +45,10 @@ def figure5_design(epoch_steps, *, rates, criteria, seeds, budget=0.25, policy="
     - budgets / scratch: `budget_criteria` at `budget_rates` for each of `budgets`, and the from-scratch control
       of each (rate, budget): the architecture FPGM leaves, fresh weights, the same steps;
     - lrs: `lr_criteria` at `lr_rate` for each fine-tuning learning rate of `lrs`;
-    - baseline_seeds: `baseline_seed_criteria` at `baseline_seed_rates` on each other trained baseline.
+    - baseline_seeds: `baseline_seed_criteria` at `baseline_seed_rates` on each other trained baseline;
+    - postprocess: `postprocess_criteria` at `postprocess_rates` with `postprocess_seeds`, the main budget: points
+      whose post-processing is re-tuned on validation (`validation`). Not one of GRIDS: its points are the main
+      grid's, read again for their validation records.
     """
     main_steps = epoch_steps(budget)
     other = "coupled" if policy != "coupled" else "or-merge"
@@ -64,6 +68,8 @@ def figure5_design(epoch_steps, *, rates, criteria, seeds, budget=0.25, policy="
         "baseline_seeds": [_point(c, r, s, main_steps, policy=policy, baseline_seed=b)
                            for b in baseline_seeds for r in baseline_seed_rates for c in baseline_seed_criteria
                            for s in seeds_of(seeds, c)],
+        "postprocess": [_point(c, r, s, main_steps, policy=policy, **common)
+                        for c in postprocess_criteria for r in postprocess_rates for s in postprocess_seeds],
     }
     if (lrs or lr_criteria) and lr_rate is None:
         raise ValueError("lrs and lr_criteria need lr_rate, the one rate the learning-rate sweep runs at")
@@ -124,3 +130,28 @@ def collect(study, design: dict, grids=GRIDS, *, studies=None) -> dict:
         bar.update(bool(missing) and not stored)
     bar.close()
     return {name: pd.DataFrame(rows[name]) for name in grids}
+
+
+def validation(study, points) -> pd.DataFrame:
+    """`Study.finetuned_validation` of each point (pruned kind, on `study`'s baseline), one row per point: its
+    arguments, its test scores as stored (`<score>_after`), and from its validation record the re-run network's
+    test scores (`rerun_<score>`; `same_network`: equal to the stored ones bit for bit), validation scores
+    (`val_<score>`, what a choice among the points reads) and test scores under the post-processing re-tuned on
+    validation for it (`retuned_<score>`). Missing records are computed (and stored) in turn."""
+    rows = []
+    for p in points:
+        if p.get("kind", "pruned") != "pruned" or p.get("baseline_seed", study.config.seed) != study.config.seed:
+            raise ValueError(f"validation scores are for pruned points on {study.name}'s baseline, got {p}")
+        args = {k: p.get(k, d) for k, d in (("criterion", None), ("rate", None), ("policy", "or-merge"),
+                                            ("seed", 0), ("steps", None), ("lr", None))}
+        ft = study.finetune_config
+        steps = ft.steps if args["steps"] is None else int(args["steps"])
+        lr = ft.lr if args["lr"] is None else float(args["lr"])
+        out = study.finetuned_validation(**args)
+        stored = study.finetuned_point(**args)
+        rows.append({**args, "steps": steps, "lr": lr, **{k: v for k, v in stored.items() if k.endswith("_after")},
+                     **{f"rerun_{k.removesuffix('_after')}": v for k, v in out["test"].items()},
+                     **{f"val_{k.removesuffix('_after')}": v for k, v in out["val"].items()},
+                     **{f"retuned_{k.removesuffix('_after')}": v for k, v in out["retuned"]["test"].items()},
+                     "same_network": out["same_network"]})
+    return pd.DataFrame(rows)

@@ -111,6 +111,36 @@ def test_iterative_macs_target_ends_the_run_at_the_first_step_reaching_it():
     assert h["macs_reduction"].iloc[first - 1] < 50
 
 
+def test_with_validate_the_end_condition_and_the_choice_read_it_and_evaluate_only_reports():
+    """validate falls faster than evaluate (the share squared): the run must stop where validate says, although
+    evaluate's scores are still within the tolerance there."""
+    model = small_net()
+    calls = Calls(params(model))
+    validated = []
+
+    def validate(m):
+        validated.append(params(m))
+        return {"share": (params(m) / calls.full) ** 2, "per_class": [0.0]}
+    result = iterative(model, X, [0.2, 0.4, 0.6, 0.8], finetune=calls.finetune, evaluate=calls.evaluate,
+                       validate=validate, metric="share", tolerance=0.5, progress=False)
+    h = result.history
+    last = len(h) - 1
+    assert h["val_share"].tolist() == pytest.approx((h["share_after"] ** 2).tolist())
+    assert (h["within_tolerance"] == (h["val_share"] >= 1 - 0.5)).all()
+    assert h["within_tolerance"].tolist() == [True] * last + [False] and h["stop"].iloc[-1]
+    assert h["share_after"].iloc[last] >= 1 - 0.5  # evaluate alone would have gone on
+    assert result.chosen_step == last - 1 and len(validated) == len(h)  # step 0 and every step, once
+    # the unpruned network's validation scores, when known, are not recomputed
+    again = iterative(small_net(), X, [0.2, 0.4, 0.6, 0.8], finetune=calls.finetune, evaluate=calls.evaluate,
+                      validate=validate, validation_reference={"share": 1.0}, metric="share", tolerance=0.5,
+                      progress=False)
+    assert len(validated) == 2 * len(h) - 1
+    assert again.history.drop(columns="seconds").equals(h.drop(columns="seconds"))
+    with pytest.raises(KeyError, match="validate"):
+        iterative(small_net(), X, [0.2], finetune=calls.finetune, evaluate=calls.evaluate,
+                  validate=lambda m: {"other": 1.0}, metric="share", progress=False)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"rates": [0.4, 0.2]}, "increasing"),
     ({"rates": [0.2, 1.0]}, "increasing"),

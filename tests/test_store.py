@@ -115,6 +115,26 @@ def test_the_committed_store_is_consistent():
     assert not (COMMITTED / "FRESH").exists(), "a FRESH marker is committed: finish or abort that recompute"
 
 
+def test_every_committed_validation_record_scores_the_stored_fine_tuned_network():
+    """A finetuned_val record holds the validation scores of a fine-tuned point's network, recomputed: it shares the
+    fine-tuned record's config, and its test scores are that record's own bit for bit when it says so
+    (same_network: recomputed on the CPU kind that made the point), else within the band of another CPU's rounding
+    (gmlib.study.REPRODUCE_BAND); the chapter says which."""
+    from gmlib.study import REPRODUCE_BAND
+
+    committed = Store(COMMITTED, readonly=True)
+    records = committed.records("finetuned_val")
+    assert records, "no finetuned_val record: chapter 07 chooses its learning rate on them"
+    for r in records:
+        tuned = committed.get("finetuned", r.config)
+        assert tuned is not None, f"{r.path}: no fine-tuned record of its config"
+        test = r.result["test"]
+        assert r.result["same_network"] == all(v == tuned.result[k] for k, v in test.items()), r.path
+        for key in ("dice_kaggle_after", "dice_positive_after"):
+            assert abs(test[key] - tuned.result[key]) <= REPRODUCE_BAND, (r.path, key, test[key], tuned.result[key])
+        assert set(r.result["val"]) == set(r.result["retuned"]["test"]) >= {"dice_positive_after", "loss_after"}
+
+
 @pytest.mark.usefixtures("one_thread")
 def test_one_committed_record_is_reproduced_by_the_code(tmp_path):
     """The store must stay reproducible by the code, not only consistent with it: recompute the cheapest committed

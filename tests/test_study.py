@@ -3,6 +3,7 @@ same configuration, never confused with another; every experiment path (pruned, 
 is stored, and is read back instead of recomputed; a read-only store refuses to compute."""
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -115,8 +116,56 @@ def test_iterative_run_is_stored_with_three_scores_per_step(study, monkeypatch):
     history = study.iterative_run([0.3, 0.6], tolerance=1.0)
     assert list(history.step) == [0, 1, 2] and history.attrs["chosen_step"] == 2
     assert {"dice_kaggle_before", "dice_kaggle_recal", "dice_kaggle_after"} <= set(history.columns)
+    # the end condition reads validation scores: step 0's are the baseline's own
+    base = study.baseline()
+    assert history.val_dice_kaggle.iloc[0] == base.val_scores["dice_kaggle"]
+    assert history.dice_kaggle_after.iloc[0] == base.scores["dice_kaggle"]
+    tight = study.iterative_run([0.3, 0.6], tolerance=0.0)
+    within = tight.val_dice_kaggle >= tight.val_dice_kaggle.iloc[0]
+    assert tight.within_tolerance.tolist() == within.tolist()[:len(tight)]
     monkeypatch.setattr(gmlib.study, "iterative", lambda *a, **k: pytest.fail("recomputed a stored run"))
     assert fresh(study).iterative_run([0.3, 0.6], tolerance=1.0).equals(history)
+
+
+def test_evaluate_many_gives_evaluate_s_numbers_under_each_post_processing(study):
+    model = study.baseline().model
+    other = {"threshold": [0.6] * 4, "min_area": [0, 10, 0, 10]}
+    tuner = gmlib.metrics.PostprocessTuner(thresholds=gmlib.study.THRESHOLDS, min_areas=study._min_areas())
+    many = study.evaluate_many(model, {"base": study.baseline().postprocess, "other": other}, "val", tuner=tuner)
+    for name, post in (("base", None), ("other", other)):
+        one = study.evaluate(model, post, split="val")
+        assert many[name].keys() == one.keys()
+        for key, value in one.items():  # the same numbers, NaN (a class without a positive pair) included
+            np.testing.assert_array_equal(many[name][key], value)
+    post = tuner.compute()
+    assert {"threshold": post["threshold"], "min_area": post["min_area"]} == study.tune_postprocess(model)
+
+
+def test_finetuned_validation_recomputes_the_stored_network_and_refuses_another(study, monkeypatch):
+    stored = study.finetuned_point("fpgm", 0.3, seed=1)
+    val = study.finetuned_validation("fpgm", 0.3, seed=1)
+    assert {k: val["test"][k] for k in ("loss_after", "dice_kaggle_after", "dice_positive_after")} == \
+        {k: stored[k] for k in ("loss_after", "dice_kaggle_after", "dice_positive_after")}
+    assert set(val) == {"val", "test", "retuned", "same_network"} and val["same_network"] is True  # this CPU's
+    assert {"loss_after", "dice_positive_after"} <= set(val["val"])
+    config = study._finetuned_config("fpgm", 0.3, "or-merge", 1, *study._budget(None, None))
+    record = study.store.get("finetuned_val", config)
+    assert record.kind == "finetuned_val" and record.key != study.store.get("finetuned", record.config).key
+    assert record.config == study.store.get("finetuned", record.config).config  # keyed by the point's own config
+    post = val["retuned"]["postprocess"]
+    assert len(post["threshold"]) == 4 and set(post["threshold"]) <= set(gmlib.study.THRESHOLDS)
+    # read back, not recomputed
+    monkeypatch.setattr(Study, "finetune", lambda *a, **k: pytest.fail("recomputed a stored record"))
+    assert fresh(study).finetuned_validation("fpgm", 0.3, seed=1) == val
+    monkeypatch.undo()
+    # a stored fine-tuned score far from the recomputed network's (beyond another CPU's rounding): an error
+    config = study._finetuned_config("fpgm", 0.3, "or-merge", 2, *study._budget(None, None))
+    study.finetuned_point("fpgm", 0.3, seed=2)
+    tuned = study.store.get("finetuned", config)
+    study.store.put("finetuned", config, {**tuned.result, "dice_kaggle_after": 0.123}, seconds=tuned.seconds)
+    with pytest.raises(RuntimeError, match="not the stored network"):
+        study.finetuned_validation("fpgm", 0.3, seed=2)
+    assert study.store.get("finetuned_val", config) is None
 
 
 def test_read_only_store_refuses_missing_points(study, monkeypatch):
