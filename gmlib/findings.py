@@ -526,13 +526,16 @@ def validation_markdown(choice: pd.DataFrame, effect: pd.DataFrame, history: pd.
     ranges = "; ".join(f"{NAMES[s]} {g.difference.min():+.4f} to {g.difference.max():+.4f}"
                        for s, g in effect.groupby("score", sort=False))
     rates, networks = _rates(set(effect.rate)), int(effect.networks.sum() / effect.score.nunique())
+    positive = effect[effect.score == "dice_positive"]
+    kept = ("; the verdicts read positive-pair Dice, where re-tuning is never ahead, so they keep the baseline's "
+            "post-processing" if len(positive) and not (positive["re-tuned is"] == "ahead").any() else "")
     return (f"**Chosen on the validation strips.** The learning rate is the best of chapter 07's sweep on validation, "
             f"{chosen:g} (mean validation {NAMES[a['score']]} {choice.validation[chosen]:.4f}, against {others}): "
             f"{agreed}. Chapter 08's end condition and chosen step (step {k}) read the {where} strips' "
             f"{NAMES[metric]}. The post-processing is tuned on validation for the unpruned network and reused for "
             f"every pruned one; re-tuned on validation for each of {networks} fine-tuned networks "
             f"({', '.join(sorted(set(effect.criterion)))} at {rates}), the mean test score moves by {ranges} "
-            f"(chapter 07): {_postprocess_verdict(effect)}. The test strips only report.")
+            f"(chapter 07). Under the rule {_postprocess_verdict(effect)}{kept}. The test strips only report.")
 
 
 def _cells(frame: pd.DataFrame, call: str, column: str = "call") -> str:

@@ -86,6 +86,7 @@ def test_validation_paragraph_names_each_choice_and_the_split_it_reads():
     assert "0.0005 (mean validation positive-pair Dice 0.7410, against 0.7010 at 0.0001)" in text
     assert "the test strips had chosen the same" in text and "(step 1) read the validation strips' Kaggle" in text
     assert "each of 10 fine-tuned networks (fpgm at 30%, 50%)" in text
+    assert "Under the rule it does not matter" in text and "so they keep the baseline's post-processing" in text
     old = history.drop(columns="val_dice_kaggle")
     old.attrs["chosen_step"] = 1
     assert "read the test strips'" in findings.validation_markdown(table, findings.postprocess_effect(
