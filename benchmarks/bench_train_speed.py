@@ -67,7 +67,7 @@ def main():
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     import gmlib  # noqa: E402  (this checkout's, to make the strips if missing)
-    cfg = gmlib.study.PROFILES["quick"][0]
+    cfg = gmlib.book.study.PROFILES["quick"][0]
     gmlib.data.ensure_data(args.data_dir, cfg.n_images, cfg.data_seed)
     with tempfile.TemporaryDirectory() as tmp:
         base = export_tree(args.base, Path(tmp))

@@ -1,16 +1,16 @@
 """gmlib: geometric-median filter pruning (FPGM) that works on real segmentation networks.
 
-Dependency direction: median -> criteria -> layers -> rules (one object per kind of module; `register_rule` adds
-yours) -> graph -> planning (`plan`: what prune would do) -> surgery (`apply`, `prune`; check judges the cut
-network) -> persist -> schedule (the prune -> fine-tune -> evaluate loop; recalibrate re-estimates norm statistics
-after pruning); store (the committed results store); verify (a by-value check of any pruning, judged by check) and
-zoo (the CNN families of chapter 09) on surgery; export (ONNX, int8) and latency (side-by-side timing) for
-deployment; data, models, metrics, train beside them; study (the chapters' shared set-up), sweeps (chapter 07's
-grids), compression (chapter 03's stored tables) and deployment (chapter 10's) on top; palette, diagram and tables
-(the book's colours, drawings and column names) beside them.
-The real-data arm: pretrained (weight files checked by sha256), data.elpv (the ELPV solar cells), classify (a
-classifier's training and scores) beside train; elpv (its stored experiments) and elpv_tables (chapter 13's tables)
-on top.
+Three parts, each depending only on the ones before it:
+- the engine: median -> criteria -> layers -> rules (one object per kind of module; `register_rule` adds yours) ->
+  graph -> planning (`plan`: what prune would do) -> surgery (`apply`, `prune`; check judges the cut network) ->
+  persist; verify (a by-value check of any pruning) and zoo (chapter 09's CNN families) on surgery;
+- the recipe: data, models, builders, folders, metrics, train, tasks, classify, recalibrate, allocation, schedule
+  (the prune -> fine-tune -> evaluate loop), export (ONNX, int8), latency, distributed, pretrained (weight files
+  checked by sha256), store (the committed results store), verdicts (the one decision rule), and recipe.compress
+  with card (any network, one call; `python -m gmlib compress`);
+- gmlib.book: the study the chapters run (Study, sweeps, findings, the real-data arm, the book's palette and
+  drawings). Its public names are reachable from here (`gmlib.Study`, `gmlib.palette`, ...) but imported only
+  when asked for, so the library never loads the book.
 """
 import warnings
 
@@ -32,20 +32,31 @@ from .recalibrate import recalibrate_bn
 from .store import Store
 from .utils import set_deterministic, default_device, environment
 from . import models, data, metrics, train, verify, zoo, export, latency, distributed
-from . import palette, diagram, tables
-from . import pretrained, classify, elpv
-from .study import Study
+from . import pretrained, classify
 from .recipe import compress, CompressReport  # the recipe for any network: gmlib.recipe, gmlib.card, python -m gmlib
 
 __all__ = [
-    "geometric_median", "distance_sums",
-    "CRITERIA", "filter_scores", "select_filters",
-    "count", "prune", "plan", "apply", "allocate", "Allocation", "Plan", "CouplingSet", "PruneReport", "register_rule", "rules", "save_pruned", "load_pruned",
-    "NotExactError",
-    "one_shot", "iterative", "recalibrate_bn", "Study", "Store",
+    "geometric_median", "distance_sums", "CRITERIA", "filter_scores", "select_filters", "count",
+    "prune", "plan", "apply", "Plan", "CouplingSet", "PruneReport", "NotExactError", "register_rule", "rules",
+    "planning", "save_pruned", "load_pruned",
+    "allocate", "Allocation", "one_shot", "iterative", "recalibrate_bn", "compress", "CompressReport", "Store",
     "set_deterministic", "default_device", "environment",
-    "models", "data", "metrics", "train", "verify", "zoo", "export", "latency", "distributed",
-    "palette", "diagram", "tables", "pretrained", "classify", "elpv",
-]
-__all__ += ["compress", "CompressReport"]
+    "models", "data", "metrics", "train", "verify", "zoo", "export", "latency", "distributed", "pretrained",
+    "classify",
+]  # the book's names (Study, palette, ...) stay out, so `from gmlib import *` does not load the book
 __version__ = "0.1.0"
+
+# The book's names, loaded from gmlib.book on first use (PEP 562): `gmlib.Study`, `from gmlib import findings`.
+_BOOK_MODULES = ("study", "sweeps", "findings", "tables", "palette", "diagram", "compression", "deployment",
+                 "conclusions", "elpv", "elpv_tables", "exercises", "unstructured")
+
+
+def __getattr__(name):
+    import importlib
+    if name == "Study":
+        return importlib.import_module(".book.study", __name__).Study
+    if name == "book":
+        return importlib.import_module(".book", __name__)
+    if name in _BOOK_MODULES:
+        return importlib.import_module(f".book.{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,5 +1,5 @@
-"""Fine-tuning on several processes with DistributedDataParallel: `torchrun --nproc_per_node N -m gmlib.distributed`,
-with the study's recipe (its loss, defect oversampling, pos_weight).
+"""Fine-tuning on several processes with DistributedDataParallel: `finetune` runs on each rank of a
+`torchrun` job, with the study's loss, defect oversampling and pos_weight.
 
 Each of the W ranks takes B / W samples of every global batch of B (a DistributedSampler: the k-th local batches
 together are the k-th batch of one process reading the same permutation). DDP averages gradients, so a loss that is
@@ -8,7 +8,6 @@ a mean over samples needs nothing more; the soft-Dice term is not (its sums run 
 surrogate. With frozen BatchNorm statistics (or SyncBatchNorm, GPUs only) a W-rank run then follows the
 one-process run with the same global batch up to float rounding. NCCL on GPUs, gloo on CPU; rank 0 writes.
 """
-import argparse
 import os
 import time
 
@@ -21,14 +20,15 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from . import data, models
-from .persist import load_pruned, save_pruned
+from .persist import load_pruned
 from .rules.norms import is_batch_norm
 from .train import class_sums, dice_term, padded_forward, weighted_bce
 
-__all__ = ["global_bce_dice_loss", "finetune", "load_any", "main"]
+__all__ = ["global_bce_dice_loss", "finetune", "load_any", "rank_and_world"]
 
 
-def _world():
+def rank_and_world():
+    """(this process's rank, the number of processes): (0, 1) outside a torchrun job."""
     return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
 
 
@@ -39,7 +39,7 @@ def global_bce_dice_loss(logits, target, pos_weight=None):
     the one-process loss (BCE is a mean over equal shares; the Dice term goes through W * g . s_local, with g its
     gradient at the summed class sums).
     """
-    rank, world = _world()
+    rank, world = rank_and_world()
     bce = weighted_bce(logits, target, pos_weight)
     local = class_sums(logits, target)  # (3, C)
     total = local.detach().clone()
@@ -83,7 +83,7 @@ def finetune(model: nn.Module, dataset, *, steps: int, batch_size: int, lr: floa
     `freeze_bn` keeps BatchNorm statistics fixed (their affine still trains); otherwise on GPUs with W > 1 the norms
     become SyncBatchNorm, and on CPU each rank normalises by its own share (the usual DDP behaviour).
     """
-    rank, world = _world()
+    rank, world = rank_and_world()
     if batch_size % world:
         raise ValueError(f"batch_size {batch_size} must be a multiple of the {world} processes")
     if len(dataset) < batch_size:
@@ -133,55 +133,3 @@ def finetune(model: nn.Module, dataset, *, steps: int, batch_size: int, lr: floa
     bar.close()
     history = pd.DataFrame(history).assign(seconds=time.perf_counter() - start)
     return (net.module if world > 1 else net), history
-
-
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", required=True, help="save_pruned file or training checkpoint to start from")
-    ap.add_argument("--out", required=True, help="where rank 0 writes the fine-tuned network (save_pruned format)")
-    ap.add_argument("--data-dir", required=True, help="Severstal layout: train_images/ + train.csv")
-    ap.add_argument("--profile", default="quick", choices=["quick", "paper"], help="scale, crop and split from it")
-    ap.add_argument("--steps", type=int, required=True)
-    ap.add_argument("--batch-size", type=int, required=True, help="global batch, split over the processes")
-    ap.add_argument("--lr", type=float, default=1e-4)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--pos-weight", type=float, default=None, help="BCE weight of defect pixels (default: profile's)")
-    ap.add_argument("--defect-oversampling", type=float, default=None,
-                    help="how much more often defect strips are drawn (default: the profile's)")
-    ap.add_argument("--freeze-bn", action="store_true", help="keep BatchNorm statistics fixed")
-    ap.add_argument("--no-augment", action="store_true",
-                    help="whole downscaled strips, no random crop or flip (deterministic: same data on any W)")
-    args = ap.parse_args(argv)
-    from .study import PROFILES
-    cfg = PROFILES[args.profile][0]
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if "RANK" in os.environ and not dist.is_initialized():
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group(backend)
-    rank, world = _world()
-    try:
-        torch.manual_seed(args.seed)
-        train_ids = data.SeverstalDataset(args.data_dir).split(cfg.val_fraction, cfg.data_seed, cfg.test_fraction)[0]
-        augment = {} if args.no_augment else dict(crop=cfg.crop, flip=True,
-                                                  generator=torch.Generator().manual_seed(args.seed + rank))
-        dataset = data.SeverstalDataset(args.data_dir, train_ids, scale=cfg.scale, **augment)
-        pos_weight = cfg.pos_weight if args.pos_weight is None else args.pos_weight
-        oversampling = cfg.defect_oversampling if args.defect_oversampling is None else args.defect_oversampling
-        model, history = finetune(load_any(args.checkpoint), dataset, steps=args.steps, batch_size=args.batch_size,
-                                  lr=args.lr, seed=args.seed, pos_weight=pos_weight, freeze_bn=args.freeze_bn,
-                                  weights=data.oversampling_weights(dataset, oversampling))
-        if rank == 0:
-            save_pruned(model.cpu(), args.out, metadata={"finetune": {**vars(args), "world_size": world,
-                                                                      "final_loss": float(history.loss.iloc[-1])}})
-            print(f"{world} process(es), {args.steps} steps of {args.batch_size}: loss "
-                  f"{history.loss.iloc[0]:.4f} -> {history.loss.iloc[-1]:.4f}; wrote {args.out}")
-        if world > 1:
-            dist.barrier()
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,4 @@
-"""Compute the real-data arm's records (gmlib.elpv) into the store, most informative first; resumable.
+"""Compute the real-data arm's records (gmlib.book.elpv) into the store, most informative first; resumable.
 
 Each point is stored as soon as it is done and skipped when stored, so a killed run, started again, goes on at the
 first missing point. Run it on one thread beside other work:
@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gmlib.elpv import DESIGN, ElpvStudy, chosen_lr, chosen_setup, planned_points  # noqa: E402
+from gmlib.book.elpv import DESIGN, ElpvStudy, chosen_lr, chosen_setup, planned_points  # noqa: E402
 
 
 def main(argv=None) -> int:

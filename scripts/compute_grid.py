@@ -4,7 +4,7 @@ chapter: a full recompute of the study's grid takes hours on a CPU, and one proc
 Usage: python scripts/compute_grid.py [--workers 2] [--shard I/N] [--params FILE] [-p NAME VALUE ...] [--dry-run]
 The grid is the one the chapter will ask for: its parameters cell's defaults, changed by a JSON file of parameters
 (--params, e.g. scripts/grids/07_full.json: the full grid of issue 16) and then by -p as for papermill
-(`gmlib.sweeps.design_of_notebook`). Each worker runs on one thread and takes whole work units (the points that share
+(`gmlib.book.sweeps.design_of_notebook`). Each worker runs on one thread and takes whole work units (the points that share
 a pruned record), so no record is computed twice; stored points are skipped, so a killed run resumes. The baseline
 is trained first, on all workers' threads, when it is missing. --shard I/N takes only every N-th unit from the I-th
 (to split the work between machines or separate runs sharing one store).
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import gmlib  # noqa: E402
-from gmlib import sweeps  # noqa: E402
+from gmlib.book import sweeps  # noqa: E402
 from scripts.reproduce import parse_value  # noqa: E402
 
 _studies = {}  # a worker's Study per baseline seed

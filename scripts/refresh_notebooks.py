@@ -41,7 +41,7 @@ def strip(path: Path) -> None:
 
 def main(paths):
     paths = [Path(p) for p in paths] or sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-    cfg = gmlib.study.PROFILES["quick"][0]
+    cfg = gmlib.book.study.PROFILES["quick"][0]
     gmlib.data.ensure_data(ROOT / "data" / "synthetic", cfg.n_images, cfg.data_seed)
     for path in paths:
         print(f"==> {path.name}", flush=True)

@@ -1,9 +1,9 @@
-"""gmlib.compression: chapter 03's tables are counted once into the store and read back, never recounted."""
+"""gmlib.book.compression: chapter 03's tables are counted once into the store and read back, never recounted."""
 import pytest
 import torch
 
 import gmlib
-from gmlib import compression
+from gmlib.book import compression
 from gmlib.store import Store
 
 pytestmark = pytest.mark.usefixtures("one_thread")

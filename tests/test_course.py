@@ -362,7 +362,7 @@ def code_exercise_problems(nb) -> list:
     """What is wrong with a chapter's exercises in code: fewer than two; an exercise cell that is not followed by
     its folded worked answer and a check; a stub that gives the answer away; a check that is not one call of
     exercises.check on the function both cells define; a stored check output that does not say right."""
-    from gmlib.exercises import EXERCISES
+    from gmlib.book.exercises import EXERCISES
     triples = exercise_triples(nb)
     found = [] if len(triples) >= 2 else [f"{len(triples)} exercises in code, want at least 2"]
     for k, triple in enumerate(triples, 1):
@@ -383,7 +383,7 @@ def code_exercise_problems(nb) -> list:
             continue
         name, fn = call.groups()
         if name not in EXERCISES:
-            found.append(f"exercise {k}: no check named {name!r} in gmlib.exercises")
+            found.append(f"exercise {k}: no check named {name!r} in gmlib.book.exercises")
         if not fn in defined(stub.source) & defined(answer.source):
             found.append(f"exercise {k}: {fn} is not defined by both the exercise and its answer")
         said = "".join(o.get("text", "") for o in check.get("outputs", []))
@@ -421,7 +421,7 @@ def test_the_exercise_check_catches_a_broken_chapter():
 
 
 def test_every_exercise_has_a_wrong_answer_to_test_its_check():
-    from gmlib.exercises import EXERCISES
+    from gmlib.book.exercises import EXERCISES
     named = [CHECK_CALL.match(t[2].source.strip()).group(1) for p in PART_I
              for t in exercise_triples(nbformat.read(p, as_version=4))]
     assert sorted(named) == sorted(EXERCISES) == sorted(WRONG)

@@ -1,10 +1,11 @@
-"""gmlib.deployment: chapter 10's latency, op-time and int8 tables are store records, measured once (with the
+"""gmlib.book.deployment: chapter 10's latency, op-time and int8 tables are store records, measured once (with the
 environment they ran in) and read back, never re-measured."""
 import pytest
 
-from gmlib import deployment, latency
+from gmlib import latency
+from gmlib.book import deployment
 from gmlib.store import Store
-from gmlib.study import Study
+from gmlib.book.study import Study
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -4,7 +4,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
-from gmlib.diagram import coupling_set  # noqa: E402
+from gmlib.book.diagram import coupling_set  # noqa: E402
 from gmlib.graph import ChannelGroup  # noqa: E402
 
 

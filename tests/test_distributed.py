@@ -57,7 +57,7 @@ def test_two_gloo_ranks_match_each_other_and_one_process(setup):
 def test_command_line_entry_writes_from_rank_zero(setup):
     tmp, data_dir = setup
     out = tmp / "finetuned.pt"
-    done = run(["-m", "gmlib.distributed", "--checkpoint", tmp / "pruned.pt", "--out", out, "--data-dir", data_dir,
+    done = run(["-m", "gmlib.book.distributed", "--checkpoint", tmp / "pruned.pt", "--out", out, "--data-dir", data_dir,
                 "--steps", 2, "--batch-size", 2, "--no-augment", "--freeze-bn"], nproc=2)
     assert done.stdout.count("wrote") == 1 and "2 process(es)" in done.stdout
     model, meta = gmlib.load_pruned(out, with_metadata=True)

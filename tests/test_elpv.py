@@ -1,5 +1,5 @@
 """The real-data arm: ELPV read from its package, the pretrained file checked by hash, the classifier's scores, and
-every experiment of gmlib.elpv end to end on a few cells (the smoke path of chapter 13)."""
+every experiment of gmlib.book.elpv end to end on a few cells (the smoke path of chapter 13)."""
 import hashlib
 from pathlib import Path
 
@@ -12,7 +12,7 @@ from gmlib import classify, pretrained
 from gmlib.data import elpv as elpv_data
 import pandas as pd
 
-from gmlib.elpv import DESIGN, ElpvStudy, chosen_lr, fresh_init, planned_points
+from gmlib.book.elpv import DESIGN, ElpvStudy, chosen_lr, fresh_init, planned_points
 from gmlib.store import Store
 
 
@@ -293,7 +293,8 @@ def test_allocation_and_deployment_run_on_validation_choices_only(tmp_path, monk
     macs = rows.groupby("rate")["macs"].first()
     assert (rows["ms"] > 0).all() and macs[0.5] < macs[0.0]
 
-    from gmlib import elpv_tables, verdicts
+    from gmlib import verdicts
+    from gmlib.book import elpv_tables
     monkeypatch.setitem(DESIGN, "allocation_cuts", (0.3,))
     monkeypatch.setitem(DESIGN, "allocation_seeds", 1)
     points = elpv_tables.allocation(study)  # the two stored: uniform and sensitivity at -30 %, seed 0
@@ -308,7 +309,8 @@ def test_allocation_and_deployment_run_on_validation_choices_only(tmp_path, monk
 
 
 def test_chapter_13s_tables_read_the_store_and_call_by_the_rule(tmp_path, monkeypatch):
-    from gmlib import elpv_tables, verdicts
+    from gmlib import verdicts
+    from gmlib.book import elpv_tables
     for key, value in {"lr_candidates": (1e-3,), "lr_rates": (0.3,), "epochs": 1, "criteria": ("fpgm", "l1"),
                        "rates": (0.3,), "seeds": {"fpgm": 2, "l1": 2}}.items():
         monkeypatch.setitem(DESIGN, key, value)
@@ -368,7 +370,7 @@ def test_chapter_13s_tables_read_the_store_and_call_by_the_rule(tmp_path, monkey
 
 
 def test_the_setup_is_chosen_on_validation_with_a_margin_for_cost(monkeypatch):
-    from gmlib import elpv
+    from gmlib.book import elpv
 
     class Fake:
         def __init__(self, val):
@@ -391,7 +393,7 @@ def test_the_setup_is_chosen_on_validation_with_a_margin_for_cost(monkeypatch):
 
 
 def test_the_real_answers_are_set_beside_the_synthetic_ones_by_the_kind_of_verdict():
-    from gmlib import conclusions
+    from gmlib.book import conclusions
     real = pd.DataFrame({"question": ["Real cells: is 10-30 % nearly lossless?",
                                       "Real cells: does FPGM beat the other criteria?",
                                       "Real cells: do inherited weights beat fresh ones?"],

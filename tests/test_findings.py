@@ -1,11 +1,11 @@
-"""gmlib.findings: t intervals, paired comparisons by seed and the answers, on points whose truth is known."""
+"""gmlib.book.findings: t intervals, paired comparisons by seed and the answers, on points whose truth is known."""
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from gmlib import findings
+from gmlib.book import findings
 
 
 def test_interval_matches_the_t_formula():
@@ -151,7 +151,7 @@ def test_baseline_seed_answers_say_how_far_the_baseline_moves_points_and_whether
 
 def test_the_int8_answer_states_both_intervals_and_calls_one_seed_nothing():
     import pandas as pd
-    from gmlib import deployment
+    from gmlib.book import deployment
     seeds = pd.DataFrame({"loss": [0.020, 0.021, 0.023], "int8 cost": [0.001, 0.003, 0.002]})
     verdict, chapter, text = findings.int8_answer(deployment.int8_verdicts(seeds, lossless=0.03),
                                                   {"rate": 0.4, "policy": "coupled", "round_to": 16}, 0.03)

@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import save_file
 
 from gmlib import models
-from gmlib.study import PROFILES, Study
+from gmlib.book.study import PROFILES, Study
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,7 +1,7 @@
 import pytest
 
 import gmlib
-from gmlib import palette
+from gmlib.book import palette
 
 
 def test_every_criterion_and_policy_has_its_own_colour():

@@ -119,8 +119,8 @@ def test_every_committed_validation_record_scores_the_stored_fine_tuned_network(
     """A finetuned_val record holds the validation scores of a fine-tuned point's network, recomputed: it shares the
     fine-tuned record's config, and its test scores are that record's own bit for bit when it says so
     (same_network: recomputed on the CPU kind that made the point), else within the band of another CPU's rounding
-    (gmlib.study.REPRODUCE_BAND); the chapter says which."""
-    from gmlib.study import REPRODUCE_BAND
+    (gmlib.book.study.REPRODUCE_BAND); the chapter says which."""
+    from gmlib.book.study import REPRODUCE_BAND
 
     committed = Store(COMMITTED, readonly=True)
     records = committed.records("finetuned_val")
@@ -140,7 +140,7 @@ def test_one_committed_record_is_reproduced_by_the_code(tmp_path):
     """The store must stay reproducible by the code, not only consistent with it: recompute the cheapest committed
     point of the quick study (FPGM at 10 %, scored right after pruning and after recalibration) for real, into a
     scratch store, and compare. Band: 0.005 Dice (other CPUs round the convolutions differently)."""
-    from gmlib.study import Study
+    from gmlib.book.study import Study
 
     committed = Study("quick", ROOT / "data" / "synthetic", tmp_path / "results", store_dir=COMMITTED, device="cpu",
                       progress=False)
@@ -156,7 +156,7 @@ def test_one_committed_real_data_record_is_reproduced_by_the_code():
     """The same for the real-data arm: FPGM at 10 % of the committed pretrained MobileNetV2 on ELPV, pruned and scored
     now (written nowhere), against the stored point: sizes exactly; scores within 0.01 (the balanced-accuracy
     margin: another CPU's rounding may flip a cell or two near the threshold, each worth 0.1-0.25 points)."""
-    from gmlib.elpv import ElpvStudy
+    from gmlib.book.elpv import ElpvStudy
 
     study = ElpvStudy(COMMITTED, device="cpu", progress=False)
     study.store.readonly = True

@@ -1,4 +1,4 @@
-"""gmlib.study on the smoke profile: the baseline is trained once into the store (fp16 weights), read back by the
+"""gmlib.book.study on the smoke profile: the baseline is trained once into the store (fp16 weights), read back by the
 same configuration, never confused with another; every experiment path (pruned, fine-tuned, scratch) runs end to end,
 is stored, and is read back instead of recomputed; a read-only store refuses to compute."""
 import dataclasses
@@ -9,7 +9,7 @@ import torch
 
 import gmlib
 from gmlib.store import MissingRecord
-from gmlib.study import PROFILES, Study, plateaued
+from gmlib.book.study import PROFILES, Study, plateaued
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -63,7 +63,7 @@ def test_points_are_stored_and_read_back(study, monkeypatch):
         assert rows[col].notna().all(), col
     assert rows.loc[0, "dice_kaggle_before"] == rows.loc[1, "dice_kaggle_before"]  # one pruned record, two seeds
     assert len(study.store.records("pruned")) == 2 and len(study.store.records("finetuned")) == 3
-    monkeypatch.setattr(gmlib.study, "prune_and_score", lambda *a, **k: pytest.fail("recomputed a stored point"))
+    monkeypatch.setattr(gmlib.book.study, "prune_and_score", lambda *a, **k: pytest.fail("recomputed a stored point"))
     again = fresh(study).points([dict(criterion="fpgm", rate=0.3, seed=1)])
     assert again.iloc[0].to_dict() == rows.iloc[1].to_dict()
 
@@ -101,7 +101,7 @@ def test_budget_scratch_control_trains_only_for_the_budget(study, monkeypatch):
 
 
 def test_sweeps_collect_every_grid_and_reseed(study, monkeypatch):
-    from gmlib import sweeps
+    from gmlib.book import sweeps
     design = sweeps.figure5_design(study.epoch_steps, rates=[0.3], criteria=["fpgm"], seeds=[0], budgets=[0.25],
                                    budget_rates=[0.3], budget_criteria=["fpgm"], budget_seeds=[0])
     frames = sweeps.collect(study, design)
@@ -123,14 +123,14 @@ def test_iterative_run_is_stored_with_three_scores_per_step(study, monkeypatch):
     tight = study.iterative_run([0.3, 0.6], tolerance=0.0)
     within = tight.val_dice_kaggle >= tight.val_dice_kaggle.iloc[0]
     assert tight.within_tolerance.tolist() == within.tolist()[:len(tight)]
-    monkeypatch.setattr(gmlib.study, "iterative", lambda *a, **k: pytest.fail("recomputed a stored run"))
+    monkeypatch.setattr(gmlib.book.study, "iterative", lambda *a, **k: pytest.fail("recomputed a stored run"))
     assert fresh(study).iterative_run([0.3, 0.6], tolerance=1.0).equals(history)
 
 
 def test_evaluate_many_gives_evaluate_s_numbers_under_each_post_processing(study):
     model = study.baseline().model
     other = {"threshold": [0.6] * 4, "min_area": [0, 10, 0, 10]}
-    tuner = gmlib.metrics.PostprocessTuner(thresholds=gmlib.study.THRESHOLDS, min_areas=study._min_areas())
+    tuner = gmlib.metrics.PostprocessTuner(thresholds=gmlib.book.study.THRESHOLDS, min_areas=study.min_areas())
     many = study.evaluate_many(model, {"base": study.baseline().postprocess, "other": other}, "val", tuner=tuner)
     for name, post in (("base", None), ("other", other)):
         one = study.evaluate(model, post, split="val")
@@ -148,18 +148,18 @@ def test_finetuned_validation_recomputes_the_stored_network_and_refuses_another(
         {k: stored[k] for k in ("loss_after", "dice_kaggle_after", "dice_positive_after")}
     assert set(val) == {"val", "test", "retuned", "same_network"} and val["same_network"] is True  # this CPU's
     assert {"loss_after", "dice_positive_after"} <= set(val["val"])
-    config = study._finetuned_config("fpgm", 0.3, "or-merge", 1, *study._budget(None, None))
+    config = study.records.finetuned(study.key(), "fpgm", 0.3, "or-merge", 1, *study.records.budget(None, None))
     record = study.store.get("finetuned_val", config)
     assert record.kind == "finetuned_val" and record.key != study.store.get("finetuned", record.config).key
     assert record.config == study.store.get("finetuned", record.config).config  # keyed by the point's own config
     post = val["retuned"]["postprocess"]
-    assert len(post["threshold"]) == 4 and set(post["threshold"]) <= set(gmlib.study.THRESHOLDS)
+    assert len(post["threshold"]) == 4 and set(post["threshold"]) <= set(gmlib.book.study.THRESHOLDS)
     # read back, not recomputed
     monkeypatch.setattr(Study, "finetune", lambda *a, **k: pytest.fail("recomputed a stored record"))
     assert fresh(study).finetuned_validation("fpgm", 0.3, seed=1) == val
     monkeypatch.undo()
     # a stored fine-tuned score far from the recomputed network's (beyond another CPU's rounding): an error
-    config = study._finetuned_config("fpgm", 0.3, "or-merge", 2, *study._budget(None, None))
+    config = study.records.finetuned(study.key(), "fpgm", 0.3, "or-merge", 2, *study.records.budget(None, None))
     study.finetuned_point("fpgm", 0.3, seed=2)
     tuned = study.store.get("finetuned", config)
     study.store.put("finetuned", config, {**tuned.result, "dice_kaggle_after": 0.123}, seconds=tuned.seconds)

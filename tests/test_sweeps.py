@@ -1,9 +1,9 @@
-"""gmlib.sweeps: chapter 07's design as grids, read from a notebook's parameters, and split into work units that
+"""gmlib.book.sweeps: chapter 07's design as grids, read from a notebook's parameters, and split into work units that
 never share a stored record."""
 import nbformat
 import pytest
 
-from gmlib import sweeps
+from gmlib.book import sweeps
 
 
 def steps(epochs):

@@ -1,6 +1,6 @@
 import pandas as pd
 
-from gmlib.tables import for_people, name_for_people
+from gmlib.book.tables import for_people, name_for_people
 
 
 def test_study_columns_read_as_words():

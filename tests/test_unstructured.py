@@ -1,4 +1,4 @@
-"""gmlib.unstructured: magnitude pruning keeps the dense shapes and zeroes the share asked for, the MAC counts follow
+"""gmlib.book.unstructured: magnitude pruning keeps the dense shapes and zeroes the share asked for, the MAC counts follow
 the nonzeros, the filter rate matches a parameter count, the calls follow the interval over rounds, and the committed
 record (chapter 03) is consistent with what it says it measured."""
 import copy
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import gmlib
-from gmlib import unstructured
+from gmlib.book import unstructured
 
 STORE = Path(__file__).resolve().parents[1] / "data" / "store"
 

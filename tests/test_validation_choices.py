@@ -1,10 +1,10 @@
-"""The choices among pruned networks read validation scores: the fine-tuning learning rate (gmlib.findings.lr_choice)
+"""The choices among pruned networks read validation scores: the fine-tuning learning rate (gmlib.book.findings.lr_choice)
 and what reusing the baseline's post-processing costs (postprocess_effect), on small tables whose answer is known;
 chapter 07's post-processing points are main-grid points outside the grids that are computed."""
 import pandas as pd
 import pytest
 
-from gmlib import findings, sweeps
+from gmlib.book import findings, sweeps
 
 
 def lr_rows(val, test, seeds=(0, 1, 2), criteria=("fpgm", "l1")):

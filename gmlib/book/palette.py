@@ -1,7 +1,7 @@
 """One colour per pruning criterion and one per residual policy across the book, so that a colour means the same
 thing in every figure of every chapter (from seaborn's colour-blind palette; random is grey: it is the control)."""
-from .criteria import CRITERIA
-from .planning import POLICIES
+from ..criteria import CRITERIA
+from ..planning import POLICIES
 
 __all__ = ["CRITERION_COLOURS", "CONTROL_COLOURS", "POLICY_COLOURS", "colours"]
 

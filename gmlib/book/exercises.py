@@ -13,11 +13,11 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from . import models
-from .complexity import count
-from .criteria import filter_scores, select_filters
-from .shrink import shrink_module
-from .surgery import prune
+from .. import models
+from ..complexity import count
+from ..criteria import filter_scores, select_filters
+from ..shrink import shrink_module
+from ..surgery import prune
 
 __all__ = ["EXERCISES", "check", "verdict", "Wrong"]
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from . import export, latency
-from .store import Store, frame_rows, record_frame
-from .surgery import prune
-from .verdicts import MARGINS, against_bar, decide, summarise
+from .. import export, latency
+from ..store import Store, frame_rows, record_frame
+from ..surgery import prune
+from ..verdicts import MARGINS, against_bar, decide, summarise
 
 __all__ = ["latency_table", "op_breakdown", "int8_table", "int8_seeds", "int8_verdicts", "rounds_for",
            "recommendation"]

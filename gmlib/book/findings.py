@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from .verdicts import MARGINS, CALLS, NAMES, decide, against_bar, summarise, tally_text
+from ..verdicts import MARGINS, CALLS, NAMES, decide, against_bar, summarise, tally_text
 
 __all__ = ["interval", "figure5_table", "margin_of", "paired_by", "pooled", "paired", "at_equal_macs", "losses",
            "inherited", "answers", "loss_markdown", "criteria_markdown", "budget_markdown", "budget_name",

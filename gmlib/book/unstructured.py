@@ -24,13 +24,13 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from . import models
-from .complexity import count
-from .latency import runner, time_rounds
-from .planning import plan
-from .store import Store
-from .surgery import prune
-from .verdicts import decide, summarise
+from .. import models
+from ..complexity import count
+from ..latency import runner, time_rounds
+from ..planning import plan
+from ..store import Store
+from ..surgery import prune
+from ..verdicts import decide, summarise
 
 __all__ = ["magnitude_prune", "nonzero_params", "nonzero_macs", "filter_rate_for", "structured_table", "csr_table",
            "SPEED_MARGIN", "speed_calls", "speed_call", "claim_verdict", "claim_markdown", "side_by_side", "COUNTS",

@@ -17,17 +17,17 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from . import export
-from . import pretrained as weights
-from .allocation import allocate, sensitivity, table_from_rows, table_rows
-from .latency import measure
-from .complexity import count
-from .classify import agreement, balanced_class_weights, class_probabilities, classifier_scores, fit_classifier
-from .data.elpv import PROBABILITIES, ElpvDataset, elpv_split, load_elpv
-from .recalibrate import recalibrate_bn
-from .store import Store, fp16_state
-from .surgery import prune
-from .utils import default_device
+from .. import export
+from .. import pretrained as weights
+from ..allocation import allocate, sensitivity, table_from_rows, table_rows
+from ..latency import measure
+from ..complexity import count
+from ..classify import agreement, balanced_class_weights, class_probabilities, classifier_scores, fit_classifier
+from ..data.elpv import PROBABILITIES, ElpvDataset, elpv_split, load_elpv
+from ..recalibrate import recalibrate_bn
+from ..store import Store, fp16_state
+from ..surgery import prune
+from ..utils import default_device
 
 __all__ = ["ElpvRecipe", "ElpvBaseline", "ElpvStudy", "fresh_init", "DESIGN", "chosen_setup", "chosen_lr",
            "planned_points"]

@@ -7,9 +7,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import models
-from .store import Store, frame_rows, record_frame
-from .surgery import prune
+from .. import models
+from ..store import Store, frame_rows, record_frame
+from ..surgery import prune
 
 __all__ = ["compression_table", "criterion_gap", "paper_table", "PAPER_COLUMNS"]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import compression, deployment, findings, sweeps
-from .store import Store
+from ..store import Store
 
 __all__ = ["study_claims", "chapter_11_claims", "PAIRS", "side_by_side"]
 

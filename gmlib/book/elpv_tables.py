@@ -6,7 +6,8 @@ the margin and the "nearly lossless" bar of balanced accuracy stated here, befor
 """
 import pandas as pd
 
-from . import findings, verdicts
+from .. import verdicts
+from . import findings
 from .elpv import DESIGN, ElpvStudy, chosen_lr, chosen_setup, planned_points
 
 __all__ = ["MARGIN", "BAR", "PUBLISHED", "progress", "baselines", "learning_curves", "choices", "lr_choice",
