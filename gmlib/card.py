@@ -24,10 +24,12 @@ from .latency import time_rounds
 from .persist import load_pruned, save_pruned
 from .utils import environment
 
-__all__ = ["write_outputs", "load_compressed", "markdown", "FILES", "check_out"]
+__all__ = ["write_outputs", "load_compressed", "markdown", "FILES", "check_out", "headline", "stored_card",
+           "store_card", "fetch_card", "STORED_FORMAT"]
 
 FILES = ("pruned.pt", "model.onnx", "model.int8.onnx", "card.json", "card.md")
 RUNTIMES = ("ort", "ort-int8")
+STORED_FORMAT = "gmlib.stored_card/1"
 
 
 def check_out(out, overwrite: bool = False) -> Path:
@@ -88,7 +90,7 @@ def write_outputs(out, model, report, data, *, original=None, builder=None, metr
         times = _time_files(files, x, rounds, threads, progress)
         bar.update()
         bar.set_postfix_str("card")
-        card = _card(report, scores, error, times, tmp, threads, rounds)
+        card = _card(report, scores, error, times, tmp, threads, rounds, data)
         (tmp / "card.json").write_text(json.dumps(card, indent=1, allow_nan=True) + "\n")
         (tmp / "card.md").write_text(markdown(card))
         shutil.rmtree(tmp / "original", ignore_errors=True)
@@ -140,11 +142,11 @@ def _move_into_place(tmp: Path, out: Path):
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _card(report, scores, error, times, folder, threads, rounds) -> dict:
+def _card(report, scores, error, times, folder, threads, rounds, data) -> dict:
     """The card's content: the report, the ONNX files' scores and error, their latency, sizes, the machine."""
     env = environment()
-    return {"format": "gmlib.card/1", **report.to_dict(),
-            "score_onnx": scores["onnx"], "score_int8": scores["int8"], "onnx_max_relative_error": error,
+    return {"format": "gmlib.card/1", **report.to_dict(), "num_classes": data.num_classes,
+            "classes": list(data.classes), "score_onnx": scores["onnx"], "score_int8": scores["int8"], "onnx_max_relative_error": error,
             "latency_ms": times, "latency_threads": threads, "latency_rounds": rounds,
             "files": {name: (folder / name).stat().st_size for name in FILES[:3]},
             "machine": {k: env[k] for k in ("cpu", "cpu_capability", "torch", "onnxruntime")}}
@@ -159,6 +161,7 @@ def _num(v, digits=4) -> str:
 def markdown(card: dict) -> str:
     """The card as Markdown: what was asked, the scores at each stage, sizes, latency, files, what was kept."""
     lines = [f"# Compressed: {card.get('builder') or 'a network'} ({card['task']})", "",
+             headline(card), "",
              f"Weights `{card.get('weights') or 'none given'}`, data `{card.get('data') or 'as given'}`.", "",
              f"Target `{card['target']}` ({card['method']} allocation, criterion `{card['criterion']}`), "
              f"fine-tuned {card['steps']} steps at lr {card['lr']:g}. Scores: {card['metric']} on the validation "
@@ -197,3 +200,79 @@ def load_compressed(out, map_location="cpu"):
         raise ValueError(f"{out / 'pruned.pt'} was saved with a callable builder: use gmlib.load_pruned(path, "
                          f"builder=...)")
     return load_pruned(out / "pruned.pt", map_location, builder=builder), card
+
+
+def headline(card: dict) -> str:
+    """The card in two sentences: how much cheaper, what it cost in score, how fast in ONNX Runtime (beside the
+    original network's time when the card has it)."""
+    lat = card["latency_ms"]
+    pruned = lat["pruned"]
+    speed = (f"{pruned['ort']['ms']:.2f} ms in ONNX Runtime float and {pruned['ort-int8']['ms']:.2f} ms in int8")
+    if "original" in lat:
+        orig = lat["original"]
+        speed += (f", against {orig['ort']['ms']:.2f} ms and {orig['ort-int8']['ms']:.2f} ms for the original "
+                  f"network (the original's float time over the pruned network's: "
+                  f"{orig['ort']['ms'] / pruned['ort']['ms']:.2f}× in float, "
+                  f"{orig['ort']['ms'] / pruned['ort-int8']['ms']:.2f}× in int8)")
+    return (f"{card.get('builder') or 'The network'} pruned to `{card['target']}` keeps "
+            f"{card['macs_after'] / card['macs_before']:.1%} of its MACs and {card['params_after'] / card['params_before']:.1%} "
+            f"of its parameters; {card['metric']} on the validation images goes from {card['score_before']:.4f} to "
+            f"{card['score_finetuned']:.4f} after fine-tuning ({card['score_finetuned'] - card['score_before']:+.4f}) "
+            f"and {card['score_int8']:.4f} in int8 ({card['score_int8'] - card['score_before']:+.4f}). "
+            f"It runs in {speed}, one input, {card['latency_threads']} thread(s), on {card['machine']['cpu']}.")
+
+
+def _canonical(config: dict) -> str:
+    return json.dumps(config, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def _card_path(folder, config: dict) -> Path:
+    import hashlib
+    return Path(folder) / f"{hashlib.sha256(_canonical(config).encode()).hexdigest()[:16]}.json"
+
+
+def stored_card(folder, config: dict):
+    """The card committed under `folder` for `config` (the run's parameters, a JSON dict), or None when there is
+    none. The file is <sha256 of the canonical config, 16 hex digits>.json; one that holds another config, or is
+    not a stored card, is an error naming it."""
+    path = _card_path(folder, config)
+    if not path.is_file():
+        return None
+    try:
+        blob = json.loads(path.read_text())
+        ok = blob["format"] == STORED_FORMAT and _canonical(blob["config"]) == _canonical(config)
+        card = blob["card"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a stored card ({type(e).__name__}: {e}); delete it to compute it again") from None
+    if not ok:
+        raise ValueError(f"{path}: holds another configuration than the one asked for; delete it to compute it again")
+    return card
+
+
+def store_card(folder, config: dict, card: dict) -> Path:
+    """Write `card` under `folder` for `config` (see stored_card), atomically; returns its path."""
+    from .utils import atomic_open
+    path = _card_path(folder, config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path, "w") as f:
+        f.write(json.dumps({"format": STORED_FORMAT, "config": config, "card": card}, indent=1, sort_keys=True,
+                           allow_nan=True) + "\n")
+    return path
+
+
+def fetch_card(folder, config: dict, compute):
+    """(card, where it came from): the card stored under `folder` for `config` ("stored"), or `compute()`'s, then
+    stored ("computed"); `folder` None: always computed, never stored. Under GMLIB_STORE_READONLY=1 (nbval, CI) a
+    missing card is an error naming the file, never a silent recompute."""
+    if folder is not None:
+        card = stored_card(folder, config)
+        if card is not None:
+            return card, "stored"
+        from .store import READONLY_ENV
+        if os.environ.get(READONLY_ENV, "") == "1":
+            raise LookupError(f"no stored card {_card_path(folder, config)} for {_canonical(config)}; "
+                              f"{READONLY_ENV}=1 here: run the chapter without it to compute the card")
+    card = compute()
+    if folder is not None:
+        store_card(folder, config, card)
+    return card, "computed"

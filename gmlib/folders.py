@@ -14,7 +14,8 @@ from torch.utils.data import DataLoader, Subset
 
 from . import data as severstal
 
-__all__ = ["Data", "open_data", "layout", "TASKS", "IMAGE_EXTENSIONS", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["Data", "open_data", "layout", "TASKS", "IMAGE_EXTENSIONS", "IMAGENET_MEAN", "IMAGENET_STD",
+           "write_elpv_folders", "ELPV_CLASSES"]
 
 TASKS = ("segmentation", "classification")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -152,3 +153,54 @@ def _split(labels: np.ndarray, val_fraction: float, seed: int):
         val += members[:k].tolist()
         train += members[k:].tolist()
     return sorted(train), sorted(val)
+
+
+ELPV_CLASSES = ("defective", "ok")  # defect probability >= 0.5, and below
+
+
+def write_elpv_folders(out, *, root=None, limit: int | None = None, seed: int = 0, val_fraction: float = 0.15,
+                       test_fraction: float = 0.25) -> dict:
+    """Lay the ELPV cells (gmlib.data.load_elpv's package) out as `out/train/<class>/` and `out/val/<class>/`, the
+    classes "defective" (probability >= 0.5) and "ok": the split-classes layout `open_data` reads. The split is
+    chapter 13's (gmlib.data.elpv_split with these fractions and `seed`); the test cells are left out, so every
+    choice and score of `compress` reads validation cells only. The PNG files are copied as they are.
+
+    Returns {"train": {class: n}, "val": {...}}. Written in a temporary folder beside `out`, renamed into place when
+    complete; an `out` that exists already is an error naming it (the images are CC BY-NC-SA: keep them out of git).
+    """
+    import json
+    import shutil
+    import tempfile
+    from .data.elpv import _package_root, elpv_split, read_elpv_labels
+    out = Path(out)
+    if out.exists():
+        raise FileExistsError(f"ELPV folder {str(out)!r} exists already; remove it or choose another")
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"ELPV folder {str(out)!r}: its parent folder does not exist")
+    source = _package_root(root)
+    names, classes, types = read_elpv_labels(source, limit)
+    train, val, _ = elpv_split(classes, types, test_fraction=test_fraction, val_fraction=val_fraction, seed=seed)
+    for part, indices in (("train", train), ("val", val)):
+        defective = int((classes[indices] >= 2).sum())
+        if min(defective, len(indices) - defective) == 0:
+            raise ValueError(f"ELPV cells (limit {limit}): the {part} part holds {defective} defective and "
+                             f"{len(indices) - defective} ok cells; both classes must have some (raise the limit)")
+    counts = {}
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        for part, indices in (("train", train), ("val", val)):
+            counts[part] = {c: 0 for c in ELPV_CLASSES}
+            for c in ELPV_CLASSES:
+                (tmp / part / c).mkdir(parents=True)
+            for i in indices:
+                label = ELPV_CLASSES[0] if classes[i] >= 2 else ELPV_CLASSES[1]
+                shutil.copyfile(source / names[i], tmp / part / label / Path(names[i]).name)
+                counts[part][label] += 1
+        (tmp / "elpv.json").write_text(json.dumps(
+            {"source": "elpv_dataset (CC BY-NC-SA 4.0)", "seed": seed, "val_fraction": val_fraction,
+             "test_fraction": test_fraction, "limit": limit, "counts": counts}, indent=1) + "\n")
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return counts
