@@ -171,13 +171,13 @@ def write_elpv_folders(out, *, root=None, limit: int | None = None, seed: int = 
     import json
     import shutil
     import tempfile
-    from .data.elpv import _package_root, elpv_split, read_elpv_labels
+    from .data.elpv import package_root, elpv_split, read_elpv_labels
     out = Path(out)
     if out.exists():
         raise FileExistsError(f"ELPV folder {str(out)!r} exists already; remove it or choose another")
     if not out.parent.is_dir():
         raise FileNotFoundError(f"ELPV folder {str(out)!r}: its parent folder does not exist")
-    source = _package_root(root)
+    source = package_root(root)
     names, classes, types = read_elpv_labels(source, limit)
     train, val, _ = elpv_split(classes, types, test_fraction=test_fraction, val_fraction=val_fraction, seed=seed)
     for part, indices in (("train", train), ("val", val)):

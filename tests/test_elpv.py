@@ -66,7 +66,7 @@ def test_the_missing_package_names_the_pip_command(monkeypatch):
 
 def test_the_installed_package_holds_the_published_counts_and_the_readme_states_the_split():
     assert elpv_data.load_elpv(limit=3).images.shape == (3, 300, 300)
-    labels = (Path(elpv_data._package_root()) / "labels.csv").read_text().split()
+    labels = (Path(elpv_data.package_root()) / "labels.csv").read_text().split()
     probs = np.array(labels[1::3], dtype=float)
     assert len(probs) == 2624
     assert [int((np.abs(probs - p) < 1e-3).sum()) for p in elpv_data.PROBABILITIES] == [1508, 295, 106, 715]

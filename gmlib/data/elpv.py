@@ -16,7 +16,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
-__all__ = ["ELPV_PACKAGE", "ELPV_PIP", "PROBABILITIES", "CELL_TYPES", "Elpv", "read_elpv_labels", "load_elpv",
+__all__ = ["ELPV_PACKAGE", "package_root", "ELPV_PIP", "PROBABILITIES", "CELL_TYPES", "Elpv", "read_elpv_labels", "load_elpv",
            "elpv_split",
            "ElpvDataset", "ELPV_MEAN", "ELPV_STD"]
 
@@ -49,7 +49,7 @@ class Elpv:
         return h.hexdigest()[:16]
 
 
-def _package_root(root=None) -> Path:
+def package_root(root=None) -> Path:
     if root is not None:
         return Path(root)
     spec = util.find_spec(ELPV_PACKAGE)
@@ -75,7 +75,7 @@ def _read_cell(path: Path) -> np.ndarray:
 def read_elpv_labels(root=None, limit: int | None = None) -> tuple:
     """(file names, grade indices, cell types) from labels.csv, without reading an image; a bad row names its
     file and line."""
-    labels = _package_root(root) / "labels.csv"
+    labels = package_root(root) / "labels.csv"
     if not labels.is_file():
         raise FileNotFoundError(f"{labels}: ELPV labels missing (reinstall with `{ELPV_PIP}`)")
     names, classes, types = [], [], []
@@ -103,7 +103,7 @@ def load_elpv(root=None, limit: int | None = None) -> Elpv:
     `limit` reads only the first n cells (tests). A missing package names the pip command; a bad row or image
     names its file.
     """
-    root = _package_root(root)
+    root = package_root(root)
     names, classes, types = read_elpv_labels(root, limit)
     images = np.stack([_read_cell(root / n) for n in names])
     return Elpv(images=images, classes=classes, types=types, names=names)
