@@ -6,6 +6,7 @@ ONNX Runtime latency beside the original network's (gmlib.latency) and the files
 is written in a temporary folder beside OUT and renamed into place once complete.
 """
 import copy
+import hashlib
 import json
 import math
 import os
@@ -22,7 +23,8 @@ from . import export, tasks
 from .builders import persist_builder
 from .latency import time_rounds
 from .persist import load_pruned, save_pruned
-from .utils import environment
+from .store import READONLY_ENV, canonical
+from .utils import atomic_open, environment
 
 __all__ = ["write_outputs", "load_compressed", "markdown", "FILES", "check_out", "headline", "stored_card",
            "store_card", "fetch_card", "STORED_FORMAT"]
@@ -222,13 +224,8 @@ def headline(card: dict) -> str:
             f"It runs in {speed}, one input, {card['latency_threads']} thread(s), on {card['machine']['cpu']}.")
 
 
-def _canonical(config: dict) -> str:
-    return json.dumps(config, sort_keys=True, separators=(",", ":"), allow_nan=False)
-
-
 def _card_path(folder, config: dict) -> Path:
-    import hashlib
-    return Path(folder) / f"{hashlib.sha256(_canonical(config).encode()).hexdigest()[:16]}.json"
+    return Path(folder) / f"{hashlib.sha256(canonical(config).encode()).hexdigest()[:16]}.json"
 
 
 def stored_card(folder, config: dict):
@@ -240,7 +237,7 @@ def stored_card(folder, config: dict):
         return None
     try:
         blob = json.loads(path.read_text())
-        ok = blob["format"] == STORED_FORMAT and _canonical(blob["config"]) == _canonical(config)
+        ok = blob["format"] == STORED_FORMAT and canonical(blob["config"]) == canonical(config)
         card = blob["card"]
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{path}: not a stored card ({type(e).__name__}: {e}); delete it to compute it again") from None
@@ -251,7 +248,6 @@ def stored_card(folder, config: dict):
 
 def store_card(folder, config: dict, card: dict) -> Path:
     """Write `card` under `folder` for `config` (see stored_card), atomically; returns its path."""
-    from .utils import atomic_open
     path = _card_path(folder, config)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(path, "w") as f:
@@ -268,9 +264,8 @@ def fetch_card(folder, config: dict, compute):
         card = stored_card(folder, config)
         if card is not None:
             return card, "stored"
-        from .store import READONLY_ENV
         if os.environ.get(READONLY_ENV, "") == "1":
-            raise LookupError(f"no stored card {_card_path(folder, config)} for {_canonical(config)}; "
+            raise LookupError(f"no stored card {_card_path(folder, config)} for {canonical(config)}; "
                               f"{READONLY_ENV}=1 here: run the chapter without it to compute the card")
     card = compute()
     if folder is not None:

@@ -21,7 +21,7 @@ from safetensors.torch import save as save_tensors
 from .utils import atomic_open, environment
 
 __all__ = ["VERSIONS", "Store", "Record", "StoreError", "MissingRecord", "record_key", "READONLY_ENV", "fp16_state",
-           "frame_rows",
+           "frame_rows", "canonical",
            "record_frame"]
 
 # One version per experiment kind: what a record of that kind holds and how it is computed. A change of the code an
@@ -46,7 +46,8 @@ class MissingRecord(LookupError):
     """A read-only store lacks a record that was asked for."""
 
 
-def _canonical(config) -> str:
+def canonical(config) -> str:
+    """The config as the JSON every key hashes: sorted keys, no spaces, no NaN."""
     return json.dumps(config, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
@@ -54,7 +55,7 @@ def record_key(kind: str, config: dict) -> str:
     """sha256 of (kind, its version, the config as canonical JSON), 16 hex digits."""
     if kind not in VERSIONS:
         raise ValueError(f"unknown record kind {kind!r}; choose one of {', '.join(VERSIONS)}")
-    blob = _canonical({"kind": kind, "version": VERSIONS[kind], "config": config})
+    blob = canonical({"kind": kind, "version": VERSIONS[kind], "config": config})
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -162,7 +163,7 @@ class Store:
         if record is not None:
             return record
         if self.readonly:
-            raise MissingRecord(f"no {kind} record for {_canonical(config)} in {self.root} (expected "
+            raise MissingRecord(f"no {kind} record for {canonical(config)} in {self.root} (expected "
                                 f"{self.path(kind, config).name}); the store is read-only here ({READONLY_ENV}=1): "
                                 f"{HOW_TO_REGENERATE}")
         start = time.perf_counter()
